@@ -1,0 +1,30 @@
+"""The data fields this package adds to ``AtomicDataDict``, registered once on ``import nequip``.
+
+The injected signal of every probed degree ``l`` has its own pair of fields, so that NequIP's
+batching, metrics and loss handle each ``l`` like any other label.
+"""
+
+from typing import Final
+
+from nequip.data._key_registry import register_fields
+
+MAX_PROBE_L: Final[int] = 24  # highest probed degree with registered fields
+
+MARKED_DIRECTION_KEY: Final[str] = "spectral_direction"  # (1, 3) | unit marked direction n
+
+
+def injected_energy_key(l: int) -> str:  # noqa: E741
+    """``(1, 1)`` graph field: the injected energy ``eps * s_l`` of a frame."""
+    return f"spectral_energy_l{l}"
+
+
+def injected_forces_key(l: int) -> str:  # noqa: E741
+    """``(num_atoms, 3)`` node field: the injected forces ``-eps * grad s_l``."""
+    return f"spectral_forces_l{l}"
+
+
+register_fields(
+    graph_fields=[MARKED_DIRECTION_KEY]
+    + [injected_energy_key(l) for l in range(MAX_PROBE_L + 1)],
+    node_fields=[injected_forces_key(l) for l in range(MAX_PROBE_L + 1)],
+)

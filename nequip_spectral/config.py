@@ -1,0 +1,210 @@
+"""The ``spectral_probe:`` block: parsed and validated in one place.
+
+Every component (``SpectralInjection``, ``FrozenBackboneSPN``, ``SpectralMetrics``) receives
+the same block through ``${spectral_probe}`` and turns it into a :class:`SpectralProbeConfig`,
+so a bad value gives the same error wherever it is read, before any training starts.
+"""
+
+import dataclasses
+import math
+import os
+from typing import Any, Mapping, Optional, Sequence, Tuple
+
+import ase.data
+
+from ._keys import MAX_PROBE_L
+
+
+class SpectralProbeError(ValueError):
+    """A bad value in the ``spectral_probe:`` block (or a file it names)."""
+
+
+_TARGETS = ("residual", "injected")
+_ACTIVATIONS = (None, "gate")
+_READOUTS = ("all", "centers")
+
+
+def _fail(key: str, message: str):
+    raise SpectralProbeError(f"spectral_probe.{key}: {message}")
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _species(key: str, value) -> Tuple[str, ...]:
+    if isinstance(value, str) or not isinstance(value, Sequence) or len(value) == 0:
+        _fail(key, f"must be a non-empty list of chemical symbols, e.g. [C, O]; got {value!r}")
+    for symbol in value:
+        if symbol not in ase.data.atomic_numbers or not isinstance(symbol, str):
+            _fail(key, f"{symbol!r} is not a chemical symbol")
+    return tuple(value)
+
+
+@dataclasses.dataclass(frozen=True)
+class SpectralProbeConfig:
+    """The ``spectral_probe:`` block of a NequIP config (see ``SPEC.md`` section 6).
+
+    .. code-block:: yaml
+
+      spectral_probe:
+        backbones: [path/to/best.ckpt]
+        l_values: [0, 1, 2, 3, 4, 5, 6, 7]
+        degree: 2
+        marked_direction: random
+        centers: [C, O]
+        neighbors: [H]
+        cutoff: 4.0
+        amplitude: 0.05
+        target: residual
+        channels: 8
+        activation: null
+        readout: all
+        feature_tap: auto
+        seed: 0
+
+    Args:
+        backbones: trained NequIP models (``.ckpt`` or ``.nequip.zip``) to probe
+        l_values: angular frequencies ``l`` to inject and probe
+        degree: polynomial degree ``d_r`` of the SPN heads (1, 2 or 3)
+        marked_direction: ``random`` (one per frame, seeded) or ``field:NAME``
+        centers: species of the injection centers ``C``
+        neighbors: species of their neighbors ``N(i)``, disjoint from ``centers``
+        cutoff: pair cutoff of the injected signal (at most the neighbor-list ``r_max``)
+        amplitude: ``eps``, in energy units of the data
+        target: ``residual`` (frozen model's error on perturbed labels) or ``injected``
+        channels: width of the SPN's linear mixes
+        activation: ``null`` (exact polynomial) or ``gate``
+        readout: sum head outputs over ``all`` atoms or over the ``centers`` only
+        feature_tap: which backbone features the SPN reads (``auto``)
+        seed: seed of the marked directions and the SPN weights
+    """
+
+    backbones: Tuple[str, ...] = ()
+    l_values: Tuple[int, ...] = tuple(range(8))
+    degree: int = 2
+    marked_direction: str = "random"
+    centers: Tuple[str, ...] = ("C", "O")
+    neighbors: Tuple[str, ...] = ("H",)
+    cutoff: float = 4.0
+    amplitude: float = 0.05
+    target: str = "residual"
+    channels: int = 8
+    activation: Optional[str] = None
+    readout: str = "all"
+    feature_tap: str = "auto"
+    seed: int = 0
+
+    @classmethod
+    def from_block(cls, block: Any) -> "SpectralProbeConfig":
+        """Build from the YAML block (a ``dict``, an OmegaConf ``DictConfig``, or a config)."""
+        if isinstance(block, cls):
+            return block
+        from omegaconf import DictConfig, OmegaConf
+
+        if isinstance(block, DictConfig):
+            block = OmegaConf.to_container(block, resolve=True)
+        if not isinstance(block, Mapping):
+            raise SpectralProbeError(
+                f"spectral_probe: must be a mapping of options, got {type(block).__name__}"
+            )
+        known = [field.name for field in dataclasses.fields(cls)]
+        for key in block:
+            if key not in known:
+                _fail(key, f"unknown option; valid options are {known}")
+        values = {
+            key: tuple(value) if isinstance(value, (list, tuple)) else value
+            for key, value in block.items()
+        }
+        return cls(**values)
+
+    def __post_init__(self):
+        if isinstance(self.backbones, str) or not all(
+            isinstance(path, str) for path in self.backbones
+        ):
+            _fail("backbones", f"must be a list of file paths, got {self.backbones!r}")
+
+        if not isinstance(self.l_values, tuple) or len(self.l_values) == 0:
+            _fail("l_values", f"must be a non-empty list of integers, got {self.l_values!r}")
+        for l in self.l_values:  # noqa: E741
+            if not _is_int(l) or not 0 <= l <= MAX_PROBE_L:
+                _fail("l_values", f"{l!r} is not an integer between 0 and {MAX_PROBE_L}")
+        if len(set(self.l_values)) != len(self.l_values):
+            _fail("l_values", f"has repeated values: {list(self.l_values)}")
+
+        if not _is_int(self.degree) or not 1 <= self.degree <= 3:
+            _fail("degree", f"must be 1, 2 or 3, got {self.degree!r}")
+
+        direction = self.marked_direction
+        if not isinstance(direction, str) or not (
+            direction == "random" or (direction.startswith("field:") and len(direction) > 6)
+        ):
+            _fail("marked_direction", f"must be 'random' or 'field:NAME', got {direction!r}")
+
+        _species("centers", self.centers)
+        _species("neighbors", self.neighbors)
+        overlap = sorted(set(self.centers) & set(self.neighbors))
+        if overlap:
+            _fail(
+                "neighbors",
+                f"{overlap} also appear in centers. Centers and neighbors must be disjoint: "
+                "a pair counted in both directions cancels every odd-l term of the signal.",
+            )
+
+        for key in ("cutoff", "amplitude"):
+            value = getattr(self, key)
+            if not _is_number(value) or not math.isfinite(value) or value <= 0:
+                _fail(key, f"must be a positive number, got {value!r}")
+
+        if self.target not in _TARGETS:
+            _fail("target", f"must be one of {list(_TARGETS)}, got {self.target!r}")
+        if not _is_int(self.channels) or self.channels < 1:
+            _fail("channels", f"must be a positive integer, got {self.channels!r}")
+        if self.activation not in _ACTIVATIONS:
+            _fail("activation", f"must be null or 'gate', got {self.activation!r}")
+        if self.readout not in _READOUTS:
+            _fail("readout", f"must be one of {list(_READOUTS)}, got {self.readout!r}")
+        if not isinstance(self.feature_tap, str) or not self.feature_tap:
+            _fail("feature_tap", f"must be 'auto' or a module name, got {self.feature_tap!r}")
+        if not _is_int(self.seed):
+            _fail("seed", f"must be an integer, got {self.seed!r}")
+
+    @property
+    def direction_field(self) -> Optional[str]:
+        """The data field holding the marked direction, or ``None`` for ``random``."""
+        if self.marked_direction == "random":
+            return None
+        return self.marked_direction.split(":", 1)[1]
+
+    def check_cutoff(self, r_max: float, source: str = "the neighbor-list r_max") -> None:
+        """Raise unless the signal's cutoff fits inside the neighbor list."""
+        if self.cutoff > float(r_max):
+            _fail(
+                "cutoff",
+                f"{self.cutoff} exceeds {source} ({float(r_max)}): pairs beyond r_max are "
+                "missing from the neighbor list; use a cutoff <= r_max",
+            )
+
+    def check_backbone_files(self) -> None:
+        """Raise unless at least one backbone is given and every file is readable."""
+        if len(self.backbones) == 0:
+            _fail("backbones", "give at least one trained model (.ckpt or .nequip.zip)")
+        for path in self.backbones:
+            if not os.path.isfile(path):
+                _fail("backbones", f"no such file: {path}")
+            try:
+                with open(path, "rb") as f:
+                    f.read(1)
+            except OSError as error:
+                _fail("backbones", f"cannot read {path}: {error}")
+
+    def check_type_names(self, type_names: Sequence[str], source: str = "the model") -> None:
+        """Raise unless every center and neighbor species is one of the model's types."""
+        for key in ("centers", "neighbors"):
+            missing = [s for s in getattr(self, key) if s not in type_names]
+            if missing:
+                _fail(key, f"{missing} not among the type names of {source}: {list(type_names)}")
