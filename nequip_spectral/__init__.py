@@ -15,7 +15,7 @@ _PUBLIC = {
     "SpectralInjection": "nequip_spectral.data",
 }
 
-__all__ = ["__version__", *_PUBLIC]
+__all__ = ["SpectralInjection", "SpectralProbeConfig", "__version__"]
 
 
 def __getattr__(name: str):

@@ -13,18 +13,17 @@ MAX_PROBE_L: Final[int] = 24  # highest probed degree with registered fields
 MARKED_DIRECTION_KEY: Final[str] = "spectral_direction"  # (1, 3) | unit marked direction n
 
 
-def injected_energy_key(l: int) -> str:  # noqa: E741
+def injected_energy_key(l: int) -> str:
     """``(1, 1)`` graph field: the injected energy ``eps * s_l`` of a frame."""
     return f"spectral_energy_l{l}"
 
 
-def injected_forces_key(l: int) -> str:  # noqa: E741
+def injected_forces_key(l: int) -> str:
     """``(num_atoms, 3)`` node field: the injected forces ``-eps * grad s_l``."""
     return f"spectral_forces_l{l}"
 
 
 register_fields(
-    graph_fields=[MARKED_DIRECTION_KEY]
-    + [injected_energy_key(l) for l in range(MAX_PROBE_L + 1)],
+    graph_fields=[MARKED_DIRECTION_KEY] + [injected_energy_key(l) for l in range(MAX_PROBE_L + 1)],
     node_fields=[injected_forces_key(l) for l in range(MAX_PROBE_L + 1)],
 )

@@ -8,7 +8,8 @@ so a bad value gives the same error wherever it is read, before any training sta
 import dataclasses
 import math
 import os
-from typing import Any, Mapping, Optional, Sequence, Tuple
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import ase.data
 
@@ -36,7 +37,7 @@ def _is_number(value) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
-def _species(key: str, value) -> Tuple[str, ...]:
+def _species(key: str, value) -> tuple[str, ...]:
     if isinstance(value, str) or not isinstance(value, Sequence) or len(value) == 0:
         _fail(key, f"must be a non-empty list of chemical symbols, e.g. [C, O]; got {value!r}")
     for symbol in value:
@@ -84,17 +85,17 @@ class SpectralProbeConfig:
         seed: seed of the marked directions and the SPN weights
     """
 
-    backbones: Tuple[str, ...] = ()
-    l_values: Tuple[int, ...] = tuple(range(8))
+    backbones: tuple[str, ...] = ()
+    l_values: tuple[int, ...] = tuple(range(8))
     degree: int = 2
     marked_direction: str = "random"
-    centers: Tuple[str, ...] = ("C", "O")
-    neighbors: Tuple[str, ...] = ("H",)
+    centers: tuple[str, ...] = ("C", "O")
+    neighbors: tuple[str, ...] = ("H",)
     cutoff: float = 4.0
     amplitude: float = 0.05
     target: str = "residual"
     channels: int = 8
-    activation: Optional[str] = None
+    activation: str | None = None
     readout: str = "all"
     feature_tap: str = "auto"
     seed: int = 0
@@ -130,7 +131,7 @@ class SpectralProbeConfig:
 
         if not isinstance(self.l_values, tuple) or len(self.l_values) == 0:
             _fail("l_values", f"must be a non-empty list of integers, got {self.l_values!r}")
-        for l in self.l_values:  # noqa: E741
+        for l in self.l_values:
             if not _is_int(l) or not 0 <= l <= MAX_PROBE_L:
                 _fail("l_values", f"{l!r} is not an integer between 0 and {MAX_PROBE_L}")
         if len(set(self.l_values)) != len(self.l_values):
@@ -174,7 +175,7 @@ class SpectralProbeConfig:
             _fail("seed", f"must be an integer, got {self.seed!r}")
 
     @property
-    def direction_field(self) -> Optional[str]:
+    def direction_field(self) -> str | None:
         """The data field holding the marked direction, or ``None`` for ``random``."""
         if self.marked_direction == "random":
             return None

@@ -4,10 +4,10 @@ from .signal import legendre, pair_signal, polynomial_cutoff
 from .span import boundary_multiplicity, span_dimensions, span_table, verify_span
 
 __all__ = [
+    "boundary_multiplicity",
     "legendre",
     "pair_signal",
     "polynomial_cutoff",
-    "boundary_multiplicity",
     "span_dimensions",
     "span_table",
     "verify_span",

@@ -17,12 +17,12 @@ whose gradient is
 Pure torch: no NequIP here.
 """
 
-from typing import Sequence, Tuple
+from collections.abc import Sequence
 
 import torch
 
 
-def legendre(x: torch.Tensor, l_max: int) -> Tuple[torch.Tensor, torch.Tensor]:
+def legendre(x: torch.Tensor, l_max: int) -> tuple[torch.Tensor, torch.Tensor]:
     r"""Legendre polynomials :math:`P_l(x)` and their derivatives for ``l = 0..l_max``.
 
     Bonnet's recursion :math:`(l+1) P_{l+1} = (2l+1) x P_l - l P_{l-1}` and
@@ -37,7 +37,7 @@ def legendre(x: torch.Tensor, l_max: int) -> Tuple[torch.Tensor, torch.Tensor]:
     """
     P = [torch.ones_like(x), x]
     dP = [torch.zeros_like(x), torch.ones_like(x)]
-    for l in range(1, l_max):  # noqa: E741
+    for l in range(1, l_max):
         P.append(((2 * l + 1) * x * P[l] - l * P[l - 1]) / (l + 1))
         dP.append(dP[l - 1] + (2 * l + 1) * P[l])
     return torch.stack(P[: l_max + 1], -1), torch.stack(dP[: l_max + 1], -1)
@@ -45,7 +45,7 @@ def legendre(x: torch.Tensor, l_max: int) -> Tuple[torch.Tensor, torch.Tensor]:
 
 def polynomial_cutoff(
     r: torch.Tensor, cutoff: float, p: int = 6
-) -> Tuple[torch.Tensor, torch.Tensor]:
+) -> tuple[torch.Tensor, torch.Tensor]:
     r"""The polynomial envelope :math:`f_c(r)` of NequIP (Klicpera et al.) and :math:`f_c'(r)`.
 
     .. math::
@@ -72,7 +72,7 @@ def pair_signal(
     direction: torch.Tensor,
     l_values: Sequence[int],
     cutoff: float,
-) -> Tuple[torch.Tensor, torch.Tensor]:
+) -> tuple[torch.Tensor, torch.Tensor]:
     r"""Each pair's term :math:`g_l` and its gradient with respect to the edge vector.
 
     Args:

@@ -1,4 +1,4 @@
-r"""The finite-degree span theorem: which degrees an SPN of degree ``d`` on degree-``L`` features can see.
+r"""The finite-degree span theorem: the degrees a degree-``d`` SPN on degree-``L`` features sees.
 
 For a unit vector :math:`u`, polynomials of degree :math:`\le d` in the real spherical
 harmonics :math:`Y_l(u), l \le L` span exactly the harmonics of degree :math:`\le dL`:
@@ -10,11 +10,8 @@ harmonics :math:`Y_l(u), l \le L` span exactly the harmonics of degree :math:`\l
 
 and the top degree :math:`dL` is reached by one product only, :math:`Y_L^{\otimes d}`. So the
 predicted ceiling is :math:`l^* = dL`. :func:`verify_span` checks this numerically by least
-squares on random directions; ``nequip-spectral-span`` prints the table.
+squares on random directions; ``nequip-spectral-span`` prints :func:`span_table`.
 """
-
-import argparse
-from typing import Dict
 
 import torch
 from e3nn import o3
@@ -22,12 +19,12 @@ from e3nn import o3
 from .signal import legendre
 
 
-def span_dimensions(L: int, degree: int, up_to: int) -> Dict[int, int]:
+def span_dimensions(L: int, degree: int, up_to: int) -> dict[int, int]:
     """Closed-form dimension of the span's degree-``lam`` part for ``lam = 0..up_to``."""
     return {lam: 2 * lam + 1 if lam <= degree * L else 0 for lam in range(up_to + 1)}
 
 
-def tensor_power_multiplicities(L: int, degree: int) -> Dict[int, int]:
+def tensor_power_multiplicities(L: int, degree: int) -> dict[int, int]:
     r"""How many coupling paths of :math:`(\oplus_{l \le L} V_l)^{\otimes d}` end in degree ``lam``.
 
     Counted with the Clebsch-Gordan rule :math:`|l_1 - l_2| \le \lambda \le l_1 + l_2`.
@@ -37,7 +34,7 @@ def tensor_power_multiplicities(L: int, degree: int) -> Dict[int, int]:
     """
     paths = {l: 1 for l in range(L + 1)}
     for _ in range(degree - 1):
-        coupled: Dict[int, int] = {}
+        coupled: dict[int, int] = {}
         for l1, count in paths.items():
             for l2 in range(L + 1):
                 for lam in range(abs(l1 - l2), l1 + l2 + 1):
@@ -58,7 +55,7 @@ def _random_directions(n: int, generator: torch.Generator) -> torch.Tensor:
 
 def verify_span(
     L: int, degree: int, up_to: int, n_fit: int = 2000, n_test: int = 1000, seed: int = 0
-) -> Dict[str, object]:
+) -> dict[str, object]:
     r"""Measure the span numerically on random directions.
 
     Builds an orthonormal basis (on ``n_fit`` fitting directions) of the polynomials of
@@ -117,17 +114,3 @@ def span_table(L_values=(1, 2, 3, 4), degrees=(1, 2, 3)) -> str:
                 f"{measured['dimensions'][top + 1]:>9.2f}"
             )
     return "\n".join(rows)
-
-
-def main(argv=None) -> None:
-    """``nequip-spectral-span``: print the predicted ceiling ``d * L`` with its numerical check."""
-    parser = argparse.ArgumentParser(description=main.__doc__)
-    parser.add_argument("--L", type=int, nargs="+", default=[1, 2, 3, 4])
-    parser.add_argument("--degree", type=int, nargs="+", default=[1, 2, 3])
-    args = parser.parse_args(argv)
-    torch.set_num_threads(1)
-    print(span_table(args.L, args.degree))
-
-
-if __name__ == "__main__":
-    main()

@@ -1,0 +1,145 @@
+"""``SpectralInjection``: the data transform that injects a signal of pure angular frequency."""
+
+import hashlib
+
+import ase.data
+import torch
+from nequip.data import AtomicDataDict
+from nequip.nn.utils import with_edge_vectors_
+
+from .._keys import MARKED_DIRECTION_KEY, injected_energy_key, injected_forces_key
+from ..config import SpectralProbeConfig
+from ..theory import pair_signal
+
+
+class SpectralInjection(torch.nn.Module):
+    r"""Adds the injected energy and forces of every probed ``l`` to each frame.
+
+    For each probed ``l`` the frame gets ``spectral_energy_l{l}`` (:math:`\epsilon s_l`) and
+    ``spectral_forces_l{l}`` (:math:`-\epsilon \nabla s_l`), exact gradients, with
+
+    .. math::
+
+        s_l = \sum_{i \in C} \sum_{j \in N(i)} f_c(r_{ij}) \sqrt{2l+1}
+            P_l(\hat n \cdot \hat r_{ij}),
+
+    and the marked direction :math:`\hat n` as ``spectral_direction``. Energies and forces
+    are left untouched. Pairs come from the frame's neighbor list (periodic images
+    included), so the transform goes after ``NeighborListTransform``:
+
+    .. code-block:: yaml
+
+      transforms:
+        - _target_: nequip.data.transforms.ChemicalSpeciesToAtomTypeMapper
+          ...
+        - _target_: nequip.data.transforms.NeighborListTransform
+          r_max: ${cutoff_radius}
+        - _target_: nequip_spectral.SpectralInjection
+          probe: ${spectral_probe}
+          r_max: ${cutoff_radius}
+
+    The ``random`` marked direction of a frame is drawn from a seed hashed from the probe
+    seed and the frame's positions and species, so it is the same in every epoch, worker,
+    process and rerun.
+
+    Args:
+        probe: the ``spectral_probe:`` block
+        r_max: the neighbor-list cutoff, checked against ``spectral_probe.cutoff``
+    """
+
+    def __init__(self, probe, r_max: float | None = None):
+        super().__init__()
+        self.probe = SpectralProbeConfig.from_block(probe)
+        if r_max is not None:
+            self.probe.check_cutoff(r_max)
+        self.center_numbers = [ase.data.atomic_numbers[s] for s in self.probe.centers]
+        self.neighbor_numbers = [ase.data.atomic_numbers[s] for s in self.probe.neighbors]
+
+    def forward(self, data: AtomicDataDict.Type) -> AtomicDataDict.Type:
+        if AtomicDataDict.EDGE_INDEX_KEY not in data:
+            raise KeyError(
+                "SpectralInjection needs the neighbor list: place it after "
+                "nequip.data.transforms.NeighborListTransform in `transforms`"
+            )
+        _check_finite(data)
+        direction = self.marked_direction(data)
+        numbers = data[AtomicDataDict.ATOMIC_NUMBERS_KEY].view(-1)
+        edge_index = data[AtomicDataDict.EDGE_INDEX_KEY]
+        edge_vectors = with_edge_vectors_(dict(data), with_lengths=False)[
+            AtomicDataDict.EDGE_VECTORS_KEY
+        ].to(torch.float64)
+
+        is_pair = (
+            torch.isin(numbers[edge_index[0]], torch.tensor(self.center_numbers))
+            & torch.isin(numbers[edge_index[1]], torch.tensor(self.neighbor_numbers))
+            & (edge_vectors.norm(dim=-1) < self.probe.cutoff)
+        )
+        centers, neighbors = edge_index[:, is_pair]
+        values, gradients = pair_signal(
+            edge_vectors[is_pair], direction, self.probe.l_values, self.probe.cutoff
+        )
+        # r_ij = r_j - r_i: d s / d r_j = +gradient, d s / d r_i = -gradient
+        grad_pos = torch.zeros(len(numbers), *gradients.shape[1:], dtype=torch.float64)
+        grad_pos.index_add_(0, neighbors, gradients).index_add_(0, centers, -gradients)
+
+        eps, dtype = self.probe.amplitude, data[AtomicDataDict.POSITIONS_KEY].dtype
+        energies, forces = eps * values.sum(0), -eps * grad_pos
+        for k, l in enumerate(self.probe.l_values):
+            data[injected_energy_key(l)] = energies[k].view(1, 1).to(dtype)
+            data[injected_forces_key(l)] = forces[:, k].to(dtype)
+        data[MARKED_DIRECTION_KEY] = direction.view(1, 3).to(dtype)
+        return data
+
+    def marked_direction(self, data: AtomicDataDict.Type) -> torch.Tensor:
+        """The frame's unit marked direction ``n`` (float64, shape ``(3,)``)."""
+        name = self.probe.direction_field
+        if name is None:
+            seed = _frame_seed(data, self.probe.seed)
+            vector = torch.randn(
+                3, dtype=torch.float64, generator=torch.Generator().manual_seed(seed)
+            )
+        else:
+            if name not in data:
+                raise KeyError(
+                    f"spectral_probe.marked_direction: field '{name}' is not in the data of "
+                    f"{_describe(data)}; add it to the dataset's `include_keys` (and register it "
+                    "as a graph field)"
+                )
+            vector = torch.as_tensor(data[name]).to(torch.float64).reshape(-1)
+            if vector.numel() != 3 or not torch.isfinite(vector).all() or vector.norm() == 0:
+                raise ValueError(
+                    f"spectral_probe.marked_direction: field '{name}' must be a finite, nonzero "
+                    f"3-vector per frame; got {data[name].tolist()} in {_describe(data)}"
+                )
+        return vector / vector.norm()
+
+
+def _frame_seed(data: AtomicDataDict.Type, seed: int) -> int:
+    """A 64-bit seed from the probe seed and the frame's own positions and species."""
+    digest = hashlib.blake2b(digest_size=8)
+    digest.update(int(seed).to_bytes(8, "little", signed=True))
+    digest.update(
+        data[AtomicDataDict.POSITIONS_KEY].to(torch.float64).contiguous().numpy().tobytes()
+    )
+    digest.update(
+        data[AtomicDataDict.ATOMIC_NUMBERS_KEY].to(torch.int64).contiguous().numpy().tobytes()
+    )
+    return int.from_bytes(digest.digest(), "little")
+
+
+def _describe(data: AtomicDataDict.Type) -> str:
+    """Name a frame by its content (transforms do not see the frame's index)."""
+    numbers = data[AtomicDataDict.ATOMIC_NUMBERS_KEY].view(-1).tolist()
+    formula = ase.Atoms(numbers=numbers).get_chemical_formula()
+    first = data[AtomicDataDict.POSITIONS_KEY][0].tolist()
+    return f"the frame {formula} whose first atom is at {first}"
+
+
+def _check_finite(data: AtomicDataDict.Type) -> None:
+    for key in (
+        AtomicDataDict.POSITIONS_KEY,
+        AtomicDataDict.TOTAL_ENERGY_KEY,
+        AtomicDataDict.FORCE_KEY,
+    ):
+        if key in data and not torch.isfinite(data[key]).all():
+            raise ValueError(f"non-finite {key} in {_describe(data)}")

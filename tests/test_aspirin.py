@@ -1,0 +1,69 @@
+import numpy as np
+import pytest
+import torch
+
+from nequip_spectral._keys import MARKED_DIRECTION_KEY, injected_energy_key, injected_forces_key
+from nequip_spectral.data import BUNDLED_ASPIRIN
+from nequip_spectral.data.aspirin import generate_aspirin, gfn2_calculator
+
+pytest.importorskip("tblite")
+
+
+def test_same_seed_gives_identical_frames():
+    def run(seed):
+        return generate_aspirin(3, seed=seed, stride=2, equilibration_steps=4)
+
+    first, again, other = run(7), run(7), run(8)
+    for a, b in zip(first, again, strict=True):
+        assert np.array_equal(a.positions, b.positions)
+        assert np.array_equal(a.get_forces(), b.get_forces())
+        assert a.get_potential_energy() == b.get_potential_energy()
+    assert not np.allclose(first[-1].positions, other[-1].positions)
+
+
+def test_forces_are_the_energy_gradient(aspirin_atoms):
+    """GFN2-xTB forces equal central finite differences of its energy (SCC-converged)."""
+    atoms = aspirin_atoms[3]
+    h = 1e-4
+    for atom, axis in [(0, 0), (13, 2), (11, 1)]:
+        energies = []
+        for sign in (1, -1):
+            moved = atoms.copy()
+            moved.positions[atom, axis] += sign * h
+            moved.calc = gfn2_calculator()
+            energies.append(moved.get_potential_energy())
+        numeric = -(energies[0] - energies[1]) / (2 * h)
+        assert atoms.get_forces()[atom, axis] == pytest.approx(numeric, abs=1e-3)
+
+
+def test_bundled_file_loads_with_nequip_datamodule(tmp_path):
+    from nequip.data.datamodule import ASEDataModule
+    from nequip.data.transforms import ChemicalSpeciesToAtomTypeMapper, NeighborListTransform
+
+    from nequip_spectral.data import SpectralInjection
+
+    l_values = [0, 3, 8]
+    datamodule = ASEDataModule(
+        seed=0,
+        split_dataset={"file_path": str(BUNDLED_ASPIRIN), "train": 0.9, "val": 0.1},
+        transforms=[
+            ChemicalSpeciesToAtomTypeMapper(
+                model_type_names=["C", "H", "O"],
+                chemical_species_to_atom_type_map={"C": "C", "H": "H", "O": "O"},
+            ),
+            NeighborListTransform(r_max=5.0),
+            SpectralInjection({"l_values": l_values}, r_max=5.0),
+        ],
+        train_dataloader={"_target_": "torch.utils.data.DataLoader", "batch_size": 5},
+    )
+    datamodule.setup("fit")
+    assert len(datamodule.train_dataset[0]) + len(datamodule.val_dataset[0]) >= 1000
+    batch = next(iter(datamodule.train_dataloader()))
+    assert batch["forces"].shape == (105, 3)
+    assert batch[MARKED_DIRECTION_KEY].shape == (5, 3)
+    for l in l_values:
+        assert batch[injected_energy_key(l)].shape == (5, 1)
+        assert batch[injected_forces_key(l)].shape == (105, 3)
+    # eV and eV/A: GFN2-xTB aspirin sits near -1078 eV, thermal forces about 1 eV/A
+    assert torch.all((batch["total_energy"] > -1090) & (batch["total_energy"] < -1060))
+    assert 0.3 < batch["forces"].square().mean().sqrt().item() < 5.0

@@ -1,0 +1,58 @@
+import pytest
+from omegaconf import OmegaConf
+
+from nequip_spectral.config import SpectralProbeConfig, SpectralProbeError
+
+
+def test_defaults_and_dictconfig():
+    block = OmegaConf.create({"backbones": ["a.ckpt"], "l_values": [0, 3, 5], "degree": 3})
+    probe = SpectralProbeConfig.from_block(block)
+    assert probe.l_values == (0, 3, 5) and probe.degree == 3
+    assert probe.centers == ("C", "O") and probe.neighbors == ("H",)
+    assert probe.direction_field is None
+    assert SpectralProbeConfig.from_block({"marked_direction": "field:efield"}).direction_field == (
+        "efield"
+    )
+
+
+@pytest.mark.parametrize(
+    "key, value, message",
+    [
+        ("l_values", [], "non-empty"),
+        ("l_values", [0, -1], "-1"),
+        ("l_values", [1.5], "1.5"),
+        ("l_values", [2, 2], "repeated"),
+        ("l_values", 3, "non-empty list"),
+        ("degree", 0, "1, 2 or 3"),
+        ("degree", 4, "1, 2 or 3"),
+        ("marked_direction", "bond", "field:NAME"),
+        ("centers", ["C", "Xx"], "'Xx' is not a chemical symbol"),
+        ("neighbors", ["H", "C"], "disjoint"),
+        ("cutoff", -1.0, "positive"),
+        ("amplitude", float("nan"), "positive"),
+        ("target", "energy", "residual"),
+        ("channels", 0, "positive integer"),
+        ("activation", "relu", "gate"),
+        ("readout", "some", "centers"),
+        ("backbones", "a.ckpt", "list of file paths"),
+        ("colour", "red", "unknown option"),
+    ],
+)
+def test_bad_values_name_the_key(key, value, message):
+    with pytest.raises(SpectralProbeError, match=f"spectral_probe.{key}:") as error:
+        SpectralProbeConfig.from_block({key: value})
+    assert message in str(error.value)
+
+
+def test_checks_against_model_and_files(tmp_path):
+    probe = SpectralProbeConfig.from_block({"backbones": [str(tmp_path / "missing.ckpt")]})
+    with pytest.raises(SpectralProbeError, match=r"spectral_probe\.backbones: no such file"):
+        probe.check_backbone_files()
+    with pytest.raises(SpectralProbeError, match=r"spectral_probe\.backbones: give at least one"):
+        SpectralProbeConfig().check_backbone_files()
+    with pytest.raises(SpectralProbeError, match=r"spectral_probe.centers: \['O'\] not among"):
+        probe.check_type_names(["C", "H"])
+    with pytest.raises(SpectralProbeError, match=r"spectral_probe\.cutoff: 4\.0 exceeds"):
+        probe.check_cutoff(3.5)
+    probe.check_cutoff(5.0)
+    probe.check_type_names(["C", "H", "O"])
