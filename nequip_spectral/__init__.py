@@ -13,9 +13,19 @@ from ._version import __version__
 _PUBLIC = {
     "SpectralProbeConfig": "nequip_spectral.config",
     "SpectralInjection": "nequip_spectral.data",
+    "FrozenBackboneSPN": "nequip_spectral.model",
+    "SpectralProbeMetrics": "nequip_spectral.train",
+    "SpectralMetrics": "nequip_spectral.train",
 }
 
-__all__ = ["SpectralInjection", "SpectralProbeConfig", "__version__"]
+__all__ = [
+    "FrozenBackboneSPN",
+    "SpectralInjection",
+    "SpectralMetrics",
+    "SpectralProbeConfig",
+    "SpectralProbeMetrics",
+    "__version__",
+]
 
 
 def __getattr__(name: str):

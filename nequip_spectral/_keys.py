@@ -27,3 +27,28 @@ register_fields(
     graph_fields=[MARKED_DIRECTION_KEY] + [injected_energy_key(l) for l in range(MAX_PROBE_L + 1)],
     node_fields=[injected_forces_key(l) for l in range(MAX_PROBE_L + 1)],
 )
+
+
+# Outputs of the probe model (not data fields, so not registered). Backbone ``b``'s own
+# prediction, and each SPN head's energy and forces; heads are named ``l{l}`` or ``none``.
+CONTROL_HEAD: Final[str] = "none"
+
+
+def head_name(l: int) -> str:
+    return f"l{l}"
+
+
+def backbone_energy_key(b: int) -> str:  # (num_frames, 1) | frozen backbone energy B(x)
+    return f"spn_backbone_energy_b{b}"
+
+
+def backbone_forces_key(b: int) -> str:  # (num_atoms, 3) | frozen backbone forces
+    return f"spn_backbone_forces_b{b}"
+
+
+def head_energy_key(b: int, head: str) -> str:  # (num_frames, 1) | SPN head energy
+    return f"spn_energy_b{b}_{head}"
+
+
+def head_forces_key(b: int, head: str) -> str:  # (num_atoms, 3) | SPN head forces
+    return f"spn_forces_b{b}_{head}"

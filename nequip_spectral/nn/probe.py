@@ -1,0 +1,157 @@
+"""The probe: SPN heads on the tapped features of frozen backbones, one backbone pass a batch."""
+
+import dataclasses
+
+import torch
+from e3nn import o3
+from nequip.data import AtomicDataDict
+from nequip.nn import GraphModuleMixin
+
+from .._keys import (
+    CONTROL_HEAD,
+    MARKED_DIRECTION_KEY,
+    backbone_energy_key,
+    backbone_forces_key,
+    head_energy_key,
+    head_forces_key,
+    head_name,
+)
+from ..config import SpectralProbeConfig
+from .spn import SPNHead
+
+
+@dataclasses.dataclass(frozen=True)
+class FrozenBackbone:
+    """A trained model split at its feature tap.
+
+    Args:
+        path: the file it was loaded from
+        model: the whole model (``GraphModel``), frozen and in eval mode
+        before_tap: the modules that compute the tapped features
+        from_tap: the rest, which turns them into the backbone's energy
+        irreps: irreps of the tapped node features
+    """
+
+    path: str
+    model: torch.nn.Module
+    before_tap: tuple
+    from_tap: tuple
+    irreps: o3.Irreps
+
+    def run(self, data: AtomicDataDict.Type, with_energy: bool):
+        """Tapped node features and, if asked, the backbone's total energy."""
+        for module in self.before_tap:
+            data = module(data)
+        features = data[AtomicDataDict.NODE_FEATURES_KEY]
+        if not with_energy:
+            return features, None
+        for module in self.from_tap:
+            data = module(data)
+        return features, data[AtomicDataDict.TOTAL_ENERGY_KEY]
+
+
+class SpectralProbeModel(GraphModuleMixin, torch.nn.Module):
+    """One SPN head per probed ``l`` plus the control head, for every frozen backbone.
+
+    The backbones are held outside the module tree: they are not parameters (so no optimizer,
+    EMA or checkpoint ever sees them), Lightning's ``train()`` cannot switch them out of eval
+    mode, and device moves still reach them through ``_apply``. Forces of every head are
+    minus its gradient with respect to positions, through the frozen backbone.
+
+    Args:
+        backbones: the frozen backbones
+        probe: the ``spectral_probe:`` block
+        type_names: the model's type names (for ``readout: centers``)
+    """
+
+    def __init__(self, backbones, probe, type_names):
+        super().__init__()
+        self.probe = SpectralProbeConfig.from_block(probe)
+        self._backbones = tuple(backbones)
+        self.head_names = [head_name(l) for l in self.probe.l_values] + [CONTROL_HEAD]
+        self.heads = torch.nn.ModuleList(
+            torch.nn.ModuleDict(
+                {
+                    name: SPNHead(
+                        backbone.irreps,
+                        self.probe.degree,
+                        self.probe.channels,
+                        self.probe.activation,
+                    )
+                    for name in self.head_names
+                }
+            )
+            for backbone in self._backbones
+        )
+        self.irreps_harmonics = self.heads[0][CONTROL_HEAD].irreps_harmonics
+        self.with_backbone_prediction = self.probe.target == "residual"
+        self.register_buffer(
+            "center_types", torch.tensor([type_names.index(s) for s in self.probe.centers])
+        )
+
+        irreps_out = {}
+        for b in range(len(self._backbones)):
+            if self.with_backbone_prediction:
+                irreps_out[backbone_energy_key(b)] = "0e"
+                irreps_out[backbone_forces_key(b)] = "1o"
+            for name in self.head_names:
+                irreps_out[head_energy_key(b, name)] = "0e"
+                irreps_out[head_forces_key(b, name)] = "1o"
+        backbone_inputs = {}
+        for backbone in self._backbones:
+            backbone_inputs.update(backbone.before_tap[0].irreps_in)
+        self._init_irreps(
+            irreps_in={**backbone_inputs, MARKED_DIRECTION_KEY: "1o"},
+            irreps_out=irreps_out,
+        )
+
+    @property
+    def backbones(self):
+        return self._backbones
+
+    def _apply(self, fn, *args, **kwargs):
+        for backbone in self._backbones:
+            backbone.model._apply(fn, *args, **kwargs)
+        return super()._apply(fn, *args, **kwargs)
+
+    def forward(self, data: AtomicDataDict.Type) -> AtomicDataDict.Type:
+        data = dict(data)
+        pos = data[AtomicDataDict.POSITIONS_KEY].detach().requires_grad_(True)
+        data[AtomicDataDict.POSITIONS_KEY] = pos
+        num_atoms = pos.shape[0]
+        batch = data.get(AtomicDataDict.BATCH_KEY, pos.new_zeros(num_atoms, dtype=torch.long))
+        num_frames = AtomicDataDict.num_frames(data)
+        dtype = next(self.parameters()).dtype
+
+        direction = data[MARKED_DIRECTION_KEY].to(dtype).view(-1, 3)[batch]
+        harmonics = o3.spherical_harmonics(self.irreps_harmonics, direction, normalize=True)
+        readout = torch.ones(num_atoms, 1, dtype=dtype, device=pos.device)
+        if self.probe.readout == "centers":
+            types = data[AtomicDataDict.ATOM_TYPE_KEY].view(-1)
+            readout = torch.isin(types, self.center_types).to(dtype).unsqueeze(-1)
+
+        def per_frame(per_atom):
+            total = per_atom.new_zeros(num_frames, 1)
+            return total.index_add(0, batch, per_atom)
+
+        energies = []  # (energy key, forces key, energy, trainable)
+        for b, backbone in enumerate(self._backbones):
+            features, energy = backbone.run(dict(data), self.with_backbone_prediction)
+            features = features.to(dtype)
+            if energy is not None:
+                energies.append(
+                    (backbone_energy_key(b), backbone_forces_key(b), energy.to(dtype), False)
+                )
+            for name, head in self.heads[b].items():
+                energy = per_frame(head(features, harmonics) * readout)
+                energies.append((head_energy_key(b, name), head_forces_key(b, name), energy, True))
+
+        out = dict(data)
+        for energy_key, forces_key, energy, trainable in energies:
+            (grad,) = torch.autograd.grad(
+                energy.sum(), pos, retain_graph=True, create_graph=self.training and trainable
+            )
+            if not trainable:  # the backbone's prediction is a fixed target
+                energy, grad = energy.detach(), grad.detach()
+            out[energy_key], out[forces_key] = energy, -grad
+        return out

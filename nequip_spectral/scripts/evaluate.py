@@ -1,0 +1,74 @@
+"""``nequip-evaluate RUN_DIR``: re-run NequIP's test stage for a trained spectral probe.
+
+NequIP 0.19 evaluates with ``run: [test]``; this is a thin wrapper over it. It takes the run's
+own config (``RUN_DIR/.hydra/config.yaml``), sets ``run: [test]``, loads the trained probe with
+``nequip.model.ModelFromCheckpoint`` (``RUN_DIR/best.ckpt``; the backbones are loaded again
+from their paths), optionally tests on another dataset file (all of its frames), and calls
+``nequip-train`` in a new directory, where ``SpectralMetrics`` prints the table and writes the
+report. The training run's files are never touched.
+"""
+
+import argparse
+import datetime
+import subprocess
+import sys
+from pathlib import Path
+
+from omegaconf import OmegaConf
+
+
+def evaluation_config(run_dir: Path, dataset_file=None):
+    """The run's config, turned into a test-only run of its best checkpoint."""
+    config_file = run_dir / ".hydra" / "config.yaml"
+    checkpoint = run_dir / "best.ckpt"
+    for path in (config_file, checkpoint):
+        if not path.is_file():
+            raise FileNotFoundError(f"{path} not found: is {run_dir} a nequip-train run directory?")
+    config = OmegaConf.load(config_file)
+    config.run = ["test"]
+    config.training_module.model = {
+        "_target_": "nequip.model.ModelFromCheckpoint",
+        "checkpoint_path": str(checkpoint.resolve()),
+    }
+    if dataset_file is not None:
+        if not Path(dataset_file).is_file():
+            raise FileNotFoundError(f"--dataset-file {dataset_file} not found")
+        config.dataset_file = str(Path(dataset_file).resolve())
+        config.data.split_dataset = []
+        config.data.test_file_path = "${dataset_file}"
+    return config
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("run_dir", type=Path, help="directory of a trained probe run")
+    parser.add_argument("--dataset-file", help="test on all frames of this file instead")
+    parser.add_argument(
+        "--output", type=Path, help="new directory for the report (default: RUN_DIR/evaluate-TIME)"
+    )
+    args = parser.parse_args(argv)
+
+    stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
+    output = args.output or args.run_dir / f"evaluate-{stamp}"
+    if output.exists():
+        parser.error(f"{output} exists; give a new --output directory")
+    try:
+        config = evaluation_config(args.run_dir, args.dataset_file)
+    except FileNotFoundError as error:
+        parser.error(str(error))
+
+    output.mkdir(parents=True)
+    OmegaConf.save(config, output / "evaluate_config.yaml")
+    command = [
+        "nequip-train",
+        "-cp",
+        str(output.resolve()),
+        "-cn",
+        "evaluate_config.yaml",
+        f"hydra.run.dir={output.resolve()}",
+    ]
+    sys.exit(subprocess.call(command))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,94 @@
+"""``SpectralMetrics``: the Lightning callback that turns the test set into the spectrum."""
+
+from pathlib import Path
+
+import lightning
+import torch
+
+from ..config import SpectralProbeConfig
+from .report import REPORT_FILES, batch_frame_sums, build_report, format_table, write_report
+
+
+def gather_frames(tensor: torch.Tensor, dim: int = 1) -> torch.Tensor:
+    """Concatenate every rank's per-frame sums along ``dim`` (identity without DDP).
+
+    Sums of frames are what the metrics need, so ranks are joined before any ratio is taken.
+    """
+    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+        return tensor
+    parts = [None] * torch.distributed.get_world_size()
+    torch.distributed.all_gather_object(parts, tensor.cpu())
+    return torch.cat(parts, dim=dim)
+
+
+class SpectralMetrics(lightning.Callback):
+    """Computes the spectrum at the end of test and writes the report.
+
+    Per backbone and probed ``l``: rho, R2_inj and raw gain for forces and energies, the cliff
+    ``rho(d_r L) / rho(d_r L + 1)`` and a hierarchical cluster bootstrap of
+    ``Delta = G_a - G_b``. Prints the table and writes ``spectral_report.json``, ``.csv`` and
+    ``.png`` into ``output_dir``, which must not hold a report already (checked before
+    training starts).
+
+    .. code-block:: yaml
+
+      trainer:
+        callbacks:
+          - _target_: nequip_spectral.SpectralMetrics
+            probe: ${spectral_probe}
+            output_dir: ${hydra:runtime.output_dir}
+
+    Args:
+        probe: the ``spectral_probe:`` block
+        output_dir: where the report goes
+        n_bootstrap: bootstrap replicates
+        block_length: test frames per bootstrap block
+    """
+
+    def __init__(self, probe, output_dir: str, n_bootstrap: int = 2000, block_length: int = 10):
+        super().__init__()
+        self.probe = SpectralProbeConfig.from_block(probe)
+        self.output_dir = Path(output_dir)
+        self.n_bootstrap = n_bootstrap
+        self.block_length = block_length
+        self.report = None
+        self._batches = []
+
+    def setup(self, trainer, pl_module, stage: str) -> None:
+        existing = [name for name in REPORT_FILES if (self.output_dir / name).exists()]
+        if existing:
+            raise FileExistsError(
+                f"{self.output_dir} already holds {existing} from an earlier run; "
+                "choose a new output directory instead of overwriting it"
+            )
+
+    def on_test_epoch_start(self, trainer, pl_module) -> None:
+        self._batches = []
+
+    def on_test_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0):
+        output = outputs[f"test_{dataloader_idx}_output"]
+        with torch.no_grad():
+            self._batches.append(
+                batch_frame_sums(output, batch, self.probe, len(self.probe.backbones))
+            )
+
+    def on_test_epoch_end(self, trainer, pl_module) -> None:
+        head = gather_frames(torch.cat([h for h, _ in self._batches], dim=1))
+        control = gather_frames(torch.cat([c for _, c in self._batches], dim=1))
+        if trainer.global_rank != 0:
+            return
+        probe_model = pl_module.model["sole_model"].model
+        heads = probe_model.heads[0]
+        self.report = build_report(
+            head.numpy(),
+            control.numpy(),
+            self.probe,
+            L=probe_model.backbones[0].irreps.lmax,
+            head_parameters=sum(p.numel() for p in next(iter(heads.values())).parameters()),
+            n_bootstrap=self.n_bootstrap,
+            block_length=self.block_length,
+            seed=self.probe.seed,
+        )
+        write_report(self.report, self.output_dir)
+        print(format_table(self.report), flush=True)
+        print(f"spectral report written to {self.output_dir}", flush=True)

@@ -1,0 +1,246 @@
+"""The spectrum report: per-frame sums of a test batch, the metrics, the table and the files."""
+
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+from nequip.data import AtomicDataDict
+
+from .._keys import (
+    CONTROL_HEAD,
+    head_energy_key,
+    head_forces_key,
+    head_name,
+    injected_energy_key,
+    injected_forces_key,
+)
+from ..config import SpectralProbeConfig
+from ..theory.metrics import frame_sums, hierarchical_bootstrap, spectrum
+from .metrics import KINDS, head_target
+
+REPORT_FILES = ("spectral_report.json", "spectral_report.csv", "spectral_report.png")
+METRICS = ("rho", "R2_inj", "gain")
+
+
+def batch_frame_sums(outputs, data, probe: SpectralProbeConfig, num_backbones: int):
+    """Per-frame sums of one test batch (see :mod:`nequip_spectral.theory.metrics`).
+
+    Returns:
+        ``head`` of shape ``(backbones, frames, kinds, l_values, 6)`` and ``control`` of shape
+        ``(backbones, frames, kinds, 3)``, kinds in the order of ``KINDS`` (forces, energy)
+    """
+    num_frames = AtomicDataDict.num_frames(data)
+    atoms_frame = data.get(AtomicDataDict.BATCH_KEY)
+    if atoms_frame is None:
+        atoms_frame = torch.zeros(len(data[AtomicDataDict.POSITIONS_KEY]), dtype=torch.long)
+    frame_of = {"forces": atoms_frame, "energy": torch.arange(num_frames)}
+    output_key = {"forces": head_forces_key, "energy": head_energy_key}
+    injected_key = {"forces": injected_forces_key, "energy": injected_energy_key}
+
+    heads, controls = [], []
+    for b in range(num_backbones):
+        head_b, control_b = [], []
+        for kind in KINDS:
+            control_output = outputs[output_key[kind](b, CONTROL_HEAD)].detach()
+            if probe.target == "injected":  # yhat_none = 0, so G_none = 0
+                control_output = torch.zeros_like(control_output)
+            control_target = head_target(outputs, data, b, None, kind, probe.target)
+            zero = torch.zeros_like(control_output)
+            control_b.append(
+                frame_sums(control_target, control_output, zero, zero, frame_of[kind], num_frames)[
+                    :, :3
+                ]
+            )
+            head_b.append(
+                torch.stack(
+                    [
+                        frame_sums(
+                            head_target(outputs, data, b, l, kind, probe.target),
+                            outputs[output_key[kind](b, head_name(l))].detach(),
+                            control_output,
+                            data[injected_key[kind](l)],
+                            frame_of[kind],
+                            num_frames,
+                        )
+                        for l in probe.l_values
+                    ],
+                    dim=1,
+                )
+            )
+        heads.append(torch.stack(head_b, dim=1))
+        controls.append(torch.stack(control_b, dim=1))
+    return torch.stack(heads), torch.stack(controls)
+
+
+def _finite(x):
+    return None if x is None or not np.isfinite(x) else float(x)
+
+
+def build_report(
+    head: np.ndarray,
+    control: np.ndarray,
+    probe: SpectralProbeConfig,
+    L: int,
+    head_parameters: int,
+    n_bootstrap: int = 2000,
+    block_length: int = 10,
+    seed: int = 0,
+) -> dict:
+    """The report dictionary (``spectral_report.json``) from the per-frame sums of the test set.
+
+    Args:
+        head: ``(backbones, frames, kinds, l_values, 6)`` per-frame head sums
+        control: ``(backbones, frames, kinds, 3)`` per-frame control sums
+        L: degree of the tapped features
+        head_parameters: trainable parameters of one SPN head
+    """
+    per_kind = {
+        kind: spectrum(head[:, :, k].sum(1), control[:, :, k].sum(1))  # (backbones, l)
+        for k, kind in enumerate(KINDS)
+    }
+
+    def per_l(values_of):  # {"4": {"rho": .., "R2_inj_forces": .., ...}}
+        table = {}
+        for i, l in enumerate(probe.l_values):
+            row = {"rho": _finite(values_of("rho", "forces")[i])}
+            for metric in METRICS:
+                for kind in KINDS:
+                    row[f"{metric}_{kind}"] = _finite(values_of(metric, kind)[i])
+            table[str(l)] = row
+        return table
+
+    boundary = probe.degree * L
+    report = {
+        "L": L,
+        "degree": probe.degree,
+        "boundary": boundary,
+        "l_values": list(probe.l_values),
+        "n_backbones": len(probe.backbones),
+        "n_test_frames": int(head.shape[1]),
+        "target": probe.target,
+        "amplitude": probe.amplitude,
+        "channels": probe.channels,
+        "activation": probe.activation,
+        "head_parameters": head_parameters,
+        "per_l": per_l(lambda m, kind: per_kind[kind][m].mean(0)),
+        "per_l_std": per_l(lambda m, kind: per_kind[kind][m].std(0)),
+        "per_backbone": [
+            {"path": path, "per_l": per_l(lambda m, kind, b=b: per_kind[kind][m][b])}
+            for b, path in enumerate(probe.backbones)
+        ],
+    }
+
+    above = boundary + 1
+    if boundary in probe.l_values and above in probe.l_values:
+        rho_a = report["per_l"][str(boundary)]["rho"]
+        rho_b = report["per_l"][str(above)]["rho"]
+        defined = rho_a is not None and rho_b is not None and rho_b > 0
+        report["cliff"] = {
+            "rho_boundary": rho_a,
+            "rho_above": rho_b,
+            "ratio": rho_a / rho_b if defined else None,
+            "note": None if defined else "not defined: rho_above <= 0",
+        }
+        forces = KINDS.index("forces")
+        bootstrap = hierarchical_bootstrap(
+            head[:, :, forces],
+            control[:, :, forces],
+            probe.l_values.index(boundary),
+            probe.l_values.index(above),
+            n_replicates=n_bootstrap,
+            block_length=block_length,
+            seed=seed,
+        )
+        report.update(bootstrap)
+    else:
+        report["cliff"] = {"note": f"l_values must contain {boundary} and {above}"}
+    return report
+
+
+def format_table(report: dict) -> str:
+    """The per-``l`` table printed at the end of test."""
+    lines = [
+        f"spectral probe: L = {report['L']}, degree d_r = {report['degree']}, predicted ceiling "
+        f"l* = {report['boundary']}; {report['n_backbones']} backbone(s), "
+        f"{report['n_test_frames']} test frames, target {report['target']}",
+        f"{'l':>3} {'rho_F':>8} {'R2inj_F':>8} {'gain_F':>10} {'rho_E':>8} {'R2inj_E':>8} "
+        f"{'gain_E':>10}",
+    ]
+
+    def cell(value, width, digits):
+        return f"{'n/a':>{width}}" if value is None else f"{value:>{width}.{digits}f}"
+
+    for l, row in report["per_l"].items():
+        mark = "  <- ceiling" if int(l) == report["boundary"] else ""
+        lines.append(
+            f"{l:>3} {cell(row['rho_forces'], 8, 3)} {cell(row['R2_inj_forces'], 8, 3)} "
+            f"{cell(row['gain_forces'], 10, 6)} {cell(row['rho_energy'], 8, 3)} "
+            f"{cell(row['R2_inj_energy'], 8, 3)} {cell(row['gain_energy'], 10, 6)}{mark}"
+        )
+    cliff = report["cliff"]
+    if "rho_boundary" in cliff:
+        ratio = cliff["ratio"]
+        lines.append(
+            f"cliff rho({report['boundary']}) / rho({report['boundary'] + 1}) = "
+            + (f"{ratio:.1f}" if ratio is not None else f"n/a ({cliff['note']})")
+            + f"  [rho {cliff['rho_boundary']:.3f} -> {cliff['rho_above']:.3f}]"
+        )
+        for name in ("delta", "rho_diff"):
+            stats = report[name]
+            lines.append(
+                f"{name} (forces) = {stats['mean']:.4g}, 95% CI [{stats['ci95'][0]:.4g}, "
+                f"{stats['ci95'][1]:.4g}], fraction <= 0: {stats['frac_le_0']:.3f}"
+            )
+    return "\n".join(lines)
+
+
+def write_report(report: dict, output_dir) -> None:
+    """Write ``spectral_report.json``, ``.csv`` (a row per backbone and ``l``) and ``.png``."""
+    output_dir = Path(output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    (output_dir / REPORT_FILES[0]).write_text(json.dumps(report, indent=2))
+    columns = [f"{m}_{kind}" for m in METRICS for kind in KINDS]
+    with open(output_dir / REPORT_FILES[1], "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["backbone", "path", "l", *columns])
+        for b, backbone in enumerate(report["per_backbone"]):
+            for l, row in backbone["per_l"].items():
+                writer.writerow([b, backbone["path"], l, *(row[c] for c in columns)])
+    plot_spectrum(report, output_dir / REPORT_FILES[2])
+
+
+def plot_spectrum(report: dict, path) -> None:
+    """rho and R2_inj per ``l`` (forces and energies) with the predicted ceiling marked."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    ls = [int(l) for l in report["per_l"]]
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4), sharex=True)
+    for ax, metric, title in zip(
+        axes, ("rho", "R2_inj"), ("rho: injected power recovered", "R2_inj"), strict=True
+    ):
+        for kind, marker in (("forces", "o"), ("energy", "s")):
+            key = f"{metric}_{kind}"
+            mean = [np.nan if (v := report["per_l"][str(l)][key]) is None else v for l in ls]
+            err = None
+            if report["n_backbones"] > 1:
+                err = [report["per_l_std"][str(l)][key] or 0.0 for l in ls]
+            ax.errorbar(ls, mean, yerr=err, marker=marker, capsize=3, label=kind)
+        ax.axvline(report["boundary"], color="k", linestyle="--", label="ceiling d_r L")
+        ax.axhline(0.0, color="gray", linewidth=0.5)
+        ax.set_xlabel("angular frequency l")
+        ax.set_title(title)
+        ax.set_xticks(ls)
+        ax.legend()
+    names = ", ".join(Path(b["path"]).name for b in report["per_backbone"])
+    fig.suptitle(
+        f"Spectrum of {report['n_backbones']} backbone(s) ({names}), L = {report['L']}, "
+        f"d_r = {report['degree']}"
+    )
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
