@@ -29,7 +29,8 @@ register_fields(
 )
 
 
-# Outputs of the probe model (not data fields, so not registered). Backbone ``b``'s own
+# Outputs of the probe model, registered when it is built (their number depends on the
+# backbones). Backbone ``b``'s own
 # prediction, and each SPN head's energy and forces; heads are named ``l{l}`` or ``none``.
 CONTROL_HEAD: Final[str] = "none"
 

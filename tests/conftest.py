@@ -1,4 +1,5 @@
 import os
+import pathlib
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
@@ -20,3 +21,56 @@ def aspirin_atoms():
     from nequip_spectral.data import BUNDLED_ASPIRIN
 
     return ase.io.read(BUNDLED_ASPIRIN, index=":8")
+
+
+CONFIGS = pathlib.Path(__file__).parents[1] / "example_configs"
+
+
+def nequip_train(config: str, run_dir, *overrides, check: bool = True):
+    """Run ``nequip-train`` on an example config; return the completed process."""
+    import subprocess
+
+    command = ["nequip-train", "-cp", str(CONFIGS), "-cn", config, f"hydra.run.dir={run_dir}"]
+    result = subprocess.run(
+        [*command, *overrides], capture_output=True, text=True, env={**os.environ}
+    )
+    if check and result.returncode != 0:
+        raise RuntimeError(f"nequip-train failed:\n{result.stderr[-4000:]}")
+    return result
+
+
+@pytest.fixture(scope="session")
+def tiny_aspirin(tmp_path_factory):
+    """The first 40 frames of the bundled aspirin data, as a file."""
+    import ase.io
+
+    from nequip_spectral.data import BUNDLED_ASPIRIN
+
+    path = tmp_path_factory.mktemp("data") / "aspirin40.extxyz"
+    ase.io.write(path, ase.io.read(BUNDLED_ASPIRIN, index=":40"))
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_backbone(tmp_path_factory, tiny_aspirin):
+    """A tiny NequIP l_max = 2 backbone trained for one epoch, as .ckpt and .nequip.zip."""
+    import subprocess
+
+    run_dir = tmp_path_factory.mktemp("backbone")
+    nequip_train(
+        "aspirin_backbone.yaml",
+        run_dir,
+        f"dataset_file={tiny_aspirin}",
+        "max_epochs=1",
+        "num_features=4",
+        "training_module.model.num_layers=2",
+        "training_module.model.model_dtype=float64",
+        "run=[train]",
+    )
+    package = run_dir / "backbone.nequip.zip"
+    subprocess.run(
+        ["nequip-package", "build", str(run_dir / "best.ckpt"), str(package)],
+        check=True,
+        capture_output=True,
+    )
+    return {"ckpt": str(run_dir / "best.ckpt"), "package": str(package)}

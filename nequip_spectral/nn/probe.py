@@ -5,6 +5,7 @@ import dataclasses
 import torch
 from e3nn import o3
 from nequip.data import AtomicDataDict
+from nequip.data._key_registry import register_fields
 from nequip.nn import GraphModuleMixin
 
 from .._keys import (
@@ -97,6 +98,11 @@ class SpectralProbeModel(GraphModuleMixin, torch.nn.Module):
             for name in self.head_names:
                 irreps_out[head_energy_key(b, name)] = "0e"
                 irreps_out[head_forces_key(b, name)] = "1o"
+        # register the outputs so that NequIP batches and permutes them as what they are
+        register_fields(
+            graph_fields=[k for k, irreps in irreps_out.items() if irreps == "0e"],
+            node_fields=[k for k, irreps in irreps_out.items() if irreps == "1o"],
+        )
         backbone_inputs = {}
         for backbone in self._backbones:
             backbone_inputs.update(backbone.before_tap[0].irreps_in)

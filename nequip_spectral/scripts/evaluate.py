@@ -36,6 +36,8 @@ def evaluation_config(run_dir: Path, dataset_file=None):
         config.dataset_file = str(Path(dataset_file).resolve())
         config.data.split_dataset = []
         config.data.test_file_path = "${dataset_file}"
+        # NequIP's module wants one training set; a test-only run never loads it
+        config.data.train_file_path = "${dataset_file}"
     return config
 
 

@@ -21,14 +21,32 @@ def gather_frames(tensor: torch.Tensor, dim: int = 1) -> torch.Tensor:
     return torch.cat(parts, dim=dim)
 
 
+def _frame_name(dataset, index: int) -> str:
+    """``frame I of FILE`` through any ``Subset`` of an ``ASEDataset``."""
+    while hasattr(dataset, "indices") and hasattr(dataset, "dataset"):
+        dataset, index = dataset.dataset, int(dataset.indices[index])
+    return f"frame {index} of {getattr(dataset, 'file_path', 'the dataset')}"
+
+
+def check_frames(datasets) -> None:
+    """Apply the transforms to every frame once, naming the frame of any bad input."""
+    for dataset in datasets:
+        for index in range(len(dataset)):
+            try:
+                dataset[index]
+            except (ValueError, KeyError) as error:
+                raise ValueError(f"{_frame_name(dataset, index)}: {error}") from error
+
+
 class SpectralMetrics(lightning.Callback):
     """Computes the spectrum at the end of test and writes the report.
 
     Per backbone and probed ``l``: rho, R2_inj and raw gain for forces and energies, the cliff
     ``rho(d_r L) / rho(d_r L + 1)`` and a hierarchical cluster bootstrap of
     ``Delta = G_a - G_b``. Prints the table and writes ``spectral_report.json``, ``.csv`` and
-    ``.png`` into ``output_dir``, which must not hold a report already (checked before
-    training starts).
+    ``.png`` into ``output_dir``. Before training or testing starts it refuses an
+    ``output_dir`` that holds a report or a checkpoint already, and applies the transforms to
+    every frame once, so that a bad frame is named by its index in its file.
 
     .. code-block:: yaml
 
@@ -53,9 +71,21 @@ class SpectralMetrics(lightning.Callback):
         self.block_length = block_length
         self.report = None
         self._batches = []
+        self._started = False
 
     def setup(self, trainer, pl_module, stage: str) -> None:
-        existing = [name for name in REPORT_FILES if (self.output_dir / name).exists()]
+        if not self._started:  # the first stage of this run: train, or test alone
+            self._refuse_earlier_run()
+            self._started = True
+        datamodule = trainer.datamodule
+        splits = {"fit": ("train_dataset", "val_dataset"), "test": ("test_dataset",)}
+        for split in splits.get(stage, ()):
+            check_frames(getattr(datamodule, split, None) or [])
+
+    def _refuse_earlier_run(self) -> None:
+        existing = [
+            name for name in (*REPORT_FILES, "best.ckpt") if (self.output_dir / name).exists()
+        ]
         if existing:
             raise FileExistsError(
                 f"{self.output_dir} already holds {existing} from an earlier run; "

@@ -1,0 +1,109 @@
+import numpy as np
+import pytest
+import torch
+
+from nequip_spectral.theory.metrics import frame_sums, hierarchical_bootstrap, spectrum
+
+NUM_FRAMES, PER_FRAME = 40, 12
+
+
+def synthetic(prediction_of, seed=0):
+    """Per-frame sums for an injected signal e, a target t = b + e and a given prediction."""
+    generator = torch.Generator().manual_seed(seed)
+    shape = (NUM_FRAMES * PER_FRAME, 3)
+    injected = torch.randn(shape, dtype=torch.float64, generator=generator)
+    backbone_error = 0.5 * torch.randn(shape, dtype=torch.float64, generator=generator)
+    # orthogonal to the injection over the test set, so that G_l - G_0 has no cross term
+    backbone_error -= (backbone_error * injected).sum() / injected.square().sum() * injected
+    target = backbone_error + injected
+    control = backbone_error  # a control head that fits the backbone error perfectly
+    frame = torch.arange(NUM_FRAMES).repeat_interleave(PER_FRAME)
+    prediction = prediction_of(target, control, injected, generator)
+    head = frame_sums(target, prediction, control, injected, frame, NUM_FRAMES)
+    control_sums = frame_sums(
+        backbone_error, control, torch.zeros(shape), torch.zeros(shape), frame, NUM_FRAMES
+    )[:, :3]
+    return head.numpy(), control_sums.numpy(), injected
+
+
+def result_of(head, control):
+    return {k: v.item() for k, v in spectrum(head.sum(0)[None], control.sum(0)).items()}
+
+
+def test_perfect_prediction_recovers_everything():
+    head, control, injected = synthetic(lambda t, c, e, g: t)
+    result = result_of(head, control)
+    assert result["rho"] == pytest.approx(1.0)
+    assert result["R2_inj"] == pytest.approx(1.0)
+    assert result["gain"] == pytest.approx(injected.square().mean().item() + 0.25, rel=0.05)
+
+
+def test_control_only_prediction_recovers_nothing():
+    head, control, injected = synthetic(lambda t, c, e, g: c)
+    result = result_of(head, control)
+    assert result["rho"] == pytest.approx(0.0, abs=1e-12)
+    # yhat - yhat_none = 0: R2_inj = 1 - mean(e^2) / var(e) (slightly below 0)
+    e = injected.numpy()
+    assert result["R2_inj"] == pytest.approx(1 - np.mean(e**2) / np.var(e))
+
+
+def test_pure_noise_prediction_is_negative():
+    head, control, _ = synthetic(
+        lambda t, c, e, g: c + torch.randn(t.shape, dtype=t.dtype, generator=g)
+    )
+    result = result_of(head, control)
+    assert result["rho"] < -0.5 and result["R2_inj"] < -0.5 and result["gain"] < 0
+
+
+def test_half_recovery():
+    head, control, _ = synthetic(lambda t, c, e, g: c + 0.5 * e)
+    result = result_of(head, control)
+    # G - G_0 = E[e^2] - E[(e / 2)^2] = 3/4 of the power
+    assert result["rho"] == pytest.approx(0.75, rel=1e-9)
+    assert result["R2_inj"] == pytest.approx(0.75, abs=0.02)
+
+
+def test_bootstrap_of_a_clear_cliff():
+    recovered, _, _ = synthetic(lambda t, c, e, g: t)
+    lost, control, _ = synthetic(lambda t, c, e, g: c, seed=1)
+    head = np.stack([recovered, lost], axis=1)[None]  # one backbone, l = a and l = b
+    result = hierarchical_bootstrap(head, control[None], 0, 1, n_replicates=300, block_length=5)
+    assert result["rho_diff"]["frac_le_0"] == 0.0
+    low, high = result["rho_diff"]["ci95"]
+    assert low <= result["rho_diff"]["mean"] <= high and low > 0.8
+    # with the roles swapped the difference is negative everywhere
+    swapped = hierarchical_bootstrap(head, control[None], 1, 0, n_replicates=300)
+    assert swapped["delta"]["frac_le_0"] == 1.0
+
+
+def _ddp_worker(rank, world_size, port, head_half, control_half, results):
+    import os
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    torch.distributed.init_process_group("gloo", rank=rank, world_size=world_size)
+    from nequip_spectral.train.callback import gather_frames
+
+    head = gather_frames(torch.as_tensor(head_half[rank]), dim=0)
+    control = gather_frames(torch.as_tensor(control_half[rank]), dim=0)
+    if rank == 0:
+        results.put(result_of(head.numpy(), control.numpy()))
+    torch.distributed.destroy_process_group()
+
+
+def test_ddp_reduction_equals_one_process():
+    import socket
+
+    import torch.multiprocessing as mp
+
+    head, control, _ = synthetic(lambda t, c, e, g: c + 0.3 * e + 0.1 * t)
+    single = result_of(head, control)
+    halves = ([head[:15], head[15:]], [control[:15], control[15:]])  # unequal shares
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    context = mp.get_context("spawn")
+    results = context.Queue()
+    mp.start_processes(
+        _ddp_worker, args=(2, port, *halves, results), nprocs=2, start_method="spawn"
+    )
+    assert results.get(timeout=60) == pytest.approx(single, rel=1e-12)

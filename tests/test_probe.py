@@ -1,0 +1,164 @@
+import pytest
+import torch
+from e3nn import o3
+from nequip.data import AtomicDataDict, from_ase
+from nequip.data.transforms import ChemicalSpeciesToAtomTypeMapper, NeighborListTransform
+from nequip.utils.test import assert_AtomicData_equivariant
+
+from nequip_spectral._keys import head_energy_key, head_forces_key
+from nequip_spectral.config import SpectralProbeError
+from nequip_spectral.data import SpectralInjection
+from nequip_spectral.model import FrozenBackboneSPN, load_frozen_backbone
+from nequip_spectral.nn import SPNHead
+from nequip_spectral.train import SpectralProbeMetrics
+
+TYPE_NAMES = ["C", "H", "O"]
+
+
+def irreps_up_to(L: int, channels: int = 2) -> o3.Irreps:
+    return o3.Irreps([(channels, (l, p)) for l in range(L + 1) for p in (1, -1)])
+
+
+@pytest.mark.parametrize(
+    "L, degree, activation",
+    [(1, 1, None), (1, 2, None), (1, 3, None), (2, 1, None), (2, 2, None), (2, 3, None),
+     (2, 2, "gate")],
+)  # fmt: skip
+def test_head_has_degree_dL_in_the_direction_and_nothing_above(L, degree, activation):
+    """The degree bound: as a function of n, a head is a sum of harmonics of degree <= dL."""
+    torch.manual_seed(degree + 10 * L)
+    head = SPNHead(irreps_up_to(L), degree, channels=3, activation=activation)
+    features = irreps_up_to(L).randn(1, -1).expand(600, -1)
+    n = torch.nn.functional.normalize(torch.randn(600, 3), dim=1)
+    values = head(features, o3.spherical_harmonics(head.irreps_harmonics, n, True)).squeeze(1)
+
+    top = degree * L + 2
+    basis = o3.spherical_harmonics(list(range(top + 1)), n, normalize=True)
+    coefficients = torch.linalg.lstsq(basis, values.unsqueeze(1)).solution.squeeze(1)
+    assert torch.allclose(basis @ coefficients, values, atol=1e-9)  # the fit is exact
+    norms = [coefficients[lam**2 : (lam + 1) ** 2].norm() for lam in range(top + 1)]
+    scale = coefficients.norm()
+    assert norms[degree * L] > 1e-3 * scale
+    assert max(norms[degree * L + 1 :]) < 1e-9 * scale
+
+
+def aspirin_batch(atoms_list, probe):
+    transforms = [
+        ChemicalSpeciesToAtomTypeMapper(
+            model_type_names=TYPE_NAMES,
+            chemical_species_to_atom_type_map={s: s for s in TYPE_NAMES},
+        ),
+        NeighborListTransform(r_max=5.0),
+        SpectralInjection(probe),
+    ]
+    frames = []
+    for atoms in atoms_list:
+        frame = from_ase(atoms)
+        for transform in transforms:
+            frame = transform(frame)
+        frames.append(frame)
+    return AtomicDataDict.batched_from_list(frames)
+
+
+def build(probe, **kwargs):
+    return FrozenBackboneSPN(
+        seed=0, model_dtype="float64", type_names=TYPE_NAMES, r_max=5.0, probe=probe, **kwargs
+    )
+
+
+@pytest.fixture(scope="module")
+def probe(tiny_backbone):
+    return {"backbones": [tiny_backbone["ckpt"]], "l_values": [1, 4, 5]}
+
+
+def test_probe_is_invariant_and_its_forces_equivariant(probe, aspirin_atoms):
+    model = build(probe)
+    # NequIP's harness rotates positions and every 1o input (the marked direction) together
+    assert_AtomicData_equivariant(model, aspirin_batch(aspirin_atoms[:1], probe))
+
+
+def test_head_forces_are_exact_gradients(probe, aspirin_atoms):
+    model = build(probe)
+    model.eval()
+    data = aspirin_batch(aspirin_atoms[:1], probe)
+    key = head_energy_key(0, "l4")
+    forces = model(data)[head_forces_key(0, "l4")].detach()
+    h = 1e-5
+    for atom, axis in [(0, 0), (7, 1), (12, 2)]:
+        energies = []
+        for sign in (1, -1):
+            moved = dict(data)
+            moved["pos"] = data["pos"].clone()
+            moved["pos"][atom, axis] += sign * h
+            energies.append(model(moved)[key].item())
+        numeric = -(energies[0] - energies[1]) / (2 * h)
+        assert forces[atom, axis].item() == pytest.approx(numeric, rel=1e-6, abs=1e-9)
+
+
+def test_backbone_frozen_and_outside_the_optimizer(probe, aspirin_atoms):
+    model = build(probe)
+    backbone = model.model.backbones[0].model
+    before = {k: v.clone() for k, v in backbone.state_dict().items()}
+    backbone_ids = {id(p) for p in backbone.parameters()}
+    assert not any(id(p) in backbone_ids for p in model.parameters())
+    assert not any(p.requires_grad for p in backbone.parameters())
+
+    loss = SpectralProbeMetrics(probe, type_names=TYPE_NAMES)
+    optimizer = torch.optim.Adam(model.parameters(), lr=0.05)
+    heads_before = [p.clone() for p in model.parameters()]
+    model.train()
+    assert not backbone.training
+    batch = aspirin_batch(aspirin_atoms[:4], probe)
+    for _ in range(3):
+        optimizer.zero_grad()
+        loss(model(batch), batch)["weighted_sum"].backward()
+        optimizer.step()
+    assert not backbone.training
+    for key, value in backbone.state_dict().items():
+        assert torch.equal(value, before[key]), key
+    assert any(not torch.equal(a, b) for a, b in zip(heads_before, model.parameters(), strict=True))
+    assert "backbone" not in " ".join(model.state_dict())
+
+
+def test_checkpoint_and_package_give_the_same_probe(tiny_backbone, aspirin_atoms):
+    from_ckpt = {"backbones": [tiny_backbone["ckpt"]], "l_values": [2]}
+    from_package = {"backbones": [tiny_backbone["package"]], "l_values": [2]}
+    batch = aspirin_batch(aspirin_atoms[:2], from_ckpt)
+    a, b = build(from_ckpt)(batch), build(from_package)(batch)
+    for key in (head_energy_key(0, "l2"), head_forces_key(0, "l2"), "spn_backbone_energy_b0"):
+        assert torch.allclose(a[key], b[key], atol=1e-10), key
+
+
+def test_two_backbones_get_their_own_heads(tiny_backbone, aspirin_atoms):
+    probe = {"backbones": [tiny_backbone["ckpt"], tiny_backbone["package"]], "l_values": [3]}
+    out = build(probe)(aspirin_batch(aspirin_atoms[:2], probe))
+    assert head_energy_key(1, "l3") in out and head_energy_key(1, "none") in out
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        ({"backbones": ["missing.ckpt"]}, "spectral_probe.backbones: no such file"),
+        ({"backbones": ["NOT_A_MODEL"]}, "spectral_probe.backbones: cannot load"),
+        ({"centers": ["C", "N"]}, r"spectral_probe.centers: \['N'\] not among the type names"),
+        ({"cutoff": 6.0}, r"spectral_probe.cutoff: 6.0 exceeds the model's r_max"),
+        ({"feature_tap": "layer0_convnet"}, "spectral_probe.feature_tap: the input of"),
+        ({"feature_tap": "nothing"}, "spectral_probe.feature_tap: no module 'nothing'"),
+    ],
+)
+def test_bad_backbone_inputs_name_the_key(probe, tmp_path, change, message):
+    if change.get("backbones") == ["NOT_A_MODEL"]:
+        bad = tmp_path / "not_a_model.ckpt"
+        bad.write_text("not a checkpoint")
+        change = {"backbones": [str(bad)]}
+    with pytest.raises(SpectralProbeError, match=message):
+        build({**probe, **change})
+
+
+def test_backbone_without_equivariant_features_is_refused(tiny_backbone, monkeypatch):
+    """``auto`` refuses a backbone whose node features are all scalars."""
+    from nequip_spectral.model import frozen_spn
+
+    monkeypatch.setattr(frozen_spn, "_node_feature_irreps", lambda module: o3.Irreps("4x0e"))
+    with pytest.raises(SpectralProbeError, match="no equivariant node features with l > 0"):
+        load_frozen_backbone(tiny_backbone["ckpt"])

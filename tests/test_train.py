@@ -1,0 +1,144 @@
+"""End to end: ``nequip-train`` on the example probe config, ``nequip-evaluate``, bad inputs."""
+
+import csv
+import json
+import math
+import subprocess
+
+import ase.io
+import numpy as np
+import pytest
+import torch
+from conftest import nequip_train
+
+L_VALUES = [0, 3, 4, 5]
+
+
+def probe_overrides(backbone, dataset):
+    return [
+        f"dataset_file={dataset}",
+        f"spectral_probe.backbones=[{backbone}]",
+        f"spectral_probe.l_values=[{','.join(map(str, L_VALUES))}]",
+        "spectral_probe.channels=2",
+        "max_epochs=1",
+    ]
+
+
+@pytest.fixture(scope="module")
+def probe_run(tmp_path_factory, tiny_backbone, tiny_aspirin):
+    run_dir = tmp_path_factory.mktemp("probe") / "run"
+    result = nequip_train(
+        "aspirin_probe.yaml", run_dir, *probe_overrides(tiny_backbone["ckpt"], tiny_aspirin)
+    )
+    return run_dir, result
+
+
+def test_probe_run_writes_the_report(probe_run):
+    run_dir, result = probe_run
+    report = json.loads((run_dir / "spectral_report.json").read_text())
+    assert report["L"] == 2 and report["degree"] == 2 and report["boundary"] == 4
+    assert report["l_values"] == L_VALUES and report["n_backbones"] == 1
+    for row in report["per_l"].values():
+        for key in ("rho", "R2_inj_forces", "R2_inj_energy", "gain_forces", "gain_energy"):
+            assert math.isfinite(row[key]), key
+    assert "rho_boundary" in report["cliff"] and "ci95" in report["delta"]
+    with open(run_dir / "spectral_report.csv") as f:
+        assert len(list(csv.DictReader(f))) == len(L_VALUES)
+    assert (run_dir / "spectral_report.png").stat().st_size > 10_000
+    assert "<- ceiling" in result.stdout
+
+
+def test_probe_checkpoint_holds_heads_only(probe_run):
+    run_dir, _ = probe_run
+    checkpoint = torch.load(run_dir / "last.ckpt", map_location="cpu", weights_only=False)
+    weights = [k for k in checkpoint["state_dict"] if k.startswith("model.")]
+    assert weights and all(".heads." in k or "center_types" in k for k in weights)
+    from nequip.model import ModelFromCheckpoint
+
+    probe = ModelFromCheckpoint(str(run_dir / "last.ckpt"))["sole_model"]
+    trained = sum(p.numel() for p in probe.parameters())
+    optimized = sum(
+        state["exp_avg"].numel() for state in checkpoint["optimizer_states"][0]["state"].values()
+    )
+    assert optimized == trained
+
+
+def test_evaluate_reproduces_the_test_metrics(probe_run, tiny_aspirin, tmp_path):
+    run_dir, _ = probe_run
+    before = files_of(run_dir)
+    output = tmp_path / "evaluation"
+    subprocess.run(["nequip-evaluate", str(run_dir), "--output", str(output)], check=True)
+    trained = json.loads((run_dir / "spectral_report.json").read_text())
+    evaluated = json.loads((output / "spectral_report.json").read_text())
+    for l, row in trained["per_l"].items():
+        for key, value in row.items():
+            assert evaluated["per_l"][l][key] == pytest.approx(value, rel=1e-5, abs=1e-9), key
+    assert files_of(run_dir) == before
+
+    # another dataset: every frame of it is tested
+    other = tmp_path / "other"
+    subprocess.run(
+        ["nequip-evaluate", str(run_dir), "--dataset-file", str(tiny_aspirin), "--output",
+         str(other)],
+        check=True,
+    )  # fmt: skip
+    assert json.loads((other / "spectral_report.json").read_text())["n_test_frames"] == 40
+    refused = subprocess.run(
+        ["nequip-evaluate", str(run_dir), "--output", str(other)], capture_output=True, text=True
+    )
+    assert refused.returncode != 0 and "exists" in refused.stderr
+
+
+def files_of(directory):
+    return {p.name: p.read_bytes() for p in directory.iterdir() if p.is_file()}
+
+
+@pytest.fixture()
+def broken_aspirin(tmp_path, tiny_aspirin):
+    frames = ase.io.read(tiny_aspirin, index=":")
+    forces = frames[5].get_forces()
+    forces[2, 0] = np.nan
+    frames[5].calc.results["forces"] = forces
+    path = tmp_path / "broken.extxyz"
+    ase.io.write(path, frames)
+    return path
+
+
+@pytest.mark.parametrize(
+    "case, message",
+    [
+        ("missing_backbone", "spectral_probe.backbones: no such file"),
+        ("overlap", "spectral_probe.neighbors: ['C'] also appear in centers"),
+        ("degree", "spectral_probe.degree: must be 1, 2 or 3, got 5"),
+        ("cutoff", "spectral_probe.cutoff: 6.0 exceeds"),
+        ("nonfinite_frame", "frame 5 of"),
+        ("existing_run", "already holds"),
+    ],
+)
+def test_bad_input_stops_before_training(
+    case, message, probe_run, tiny_backbone, tiny_aspirin, broken_aspirin, tmp_path
+):
+    run_dir, _ = probe_run
+    earlier = files_of(run_dir)
+    overrides = probe_overrides(tiny_backbone["ckpt"], tiny_aspirin)
+    target = tmp_path / "new_run"
+    extra = {
+        "missing_backbone": [f"spectral_probe.backbones=[{tmp_path / 'missing.ckpt'}]"],
+        "overlap": ["spectral_probe.neighbors=[H,C]"],
+        "degree": ["spectral_probe.degree=5"],
+        "cutoff": ["spectral_probe.cutoff=6.0"],
+        "nonfinite_frame": [f"dataset_file={broken_aspirin}"],
+        "existing_run": [],
+    }[case]
+    if case == "existing_run":
+        target = run_dir
+    result = nequip_train("aspirin_probe.yaml", target, *overrides, *extra, check=False)
+    assert result.returncode != 0
+    assert message in result.stderr
+    if case == "nonfinite_frame":
+        assert str(broken_aspirin) in result.stderr and "non-finite forces" in result.stderr
+    assert not (target / "last.ckpt").exists() or case == "existing_run"
+    now = files_of(run_dir)
+    # Hydra appends its log to an existing run directory before the probe starts
+    assert now.pop("train.log").startswith(earlier.pop("train.log"))
+    assert now == earlier
