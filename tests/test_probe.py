@@ -1,13 +1,13 @@
 import pytest
 import torch
 from e3nn import o3
-from nequip.data import AtomicDataDict, from_ase
+from nequip.data import AtomicDataDict
 from nequip.data.transforms import ChemicalSpeciesToAtomTypeMapper, NeighborListTransform
 from nequip.utils.test import assert_AtomicData_equivariant
 
 from nequip_spectral._keys import head_energy_key, head_forces_key
 from nequip_spectral.config import SpectralProbeError
-from nequip_spectral.data import SpectralInjection
+from nequip_spectral.data import SpectralInjection, frames_from_ase
 from nequip_spectral.model import FrozenBackboneSPN, load_frozen_backbone
 from nequip_spectral.nn import SPNHead
 from nequip_spectral.train import SpectralProbeMetrics
@@ -51,13 +51,7 @@ def aspirin_batch(atoms_list, probe):
         NeighborListTransform(r_max=5.0),
         SpectralInjection(probe),
     ]
-    frames = []
-    for atoms in atoms_list:
-        frame = from_ase(atoms)
-        for transform in transforms:
-            frame = transform(frame)
-        frames.append(frame)
-    return AtomicDataDict.batched_from_list(frames)
+    return AtomicDataDict.batched_from_list(frames_from_ase(atoms_list, transforms))
 
 
 def build(probe, **kwargs):
@@ -162,3 +156,39 @@ def test_backbone_without_equivariant_features_is_refused(tiny_backbone, monkeyp
     monkeypatch.setattr(frozen_spn, "_node_feature_irreps", lambda module: o3.Irreps("4x0e"))
     with pytest.raises(SpectralProbeError, match="no equivariant node features with l > 0"):
         load_frozen_backbone(tiny_backbone["ckpt"])
+
+
+def test_energy_only_path_caches_features_and_matches_the_full_path(probe, aspirin_atoms):
+    full, fast = build(probe), build(probe, fit_forces=False)
+    fast.load_state_dict(full.state_dict())
+    batch = aspirin_batch(aspirin_atoms[:3], probe)
+    full.train()
+    fast.train()
+    reference = full(batch)
+    first = fast(batch)
+    assert not any(key.startswith("spn_forces") for key in first)
+    for key in [k for k in reference if k.startswith("spn_energy")]:
+        assert torch.allclose(first[key], reference[key]), key
+    cache_size = fast.model.feature_cache_bytes
+    assert cache_size > 0
+
+    # later epochs: the backbone is not run again, and training still reaches the heads only
+    backbone = fast.model.backbones[0]
+    object.__setattr__(backbone, "run", None)  # any call would fail
+    loss = SpectralProbeMetrics(probe, forces_coeff=0.0, type_names=TYPE_NAMES)
+    again = fast(batch)
+    loss(again, batch)["weighted_sum"].backward()
+    assert all(p.grad is not None for p in fast.parameters())
+    assert not any(p.grad is not None for p in backbone.model.parameters())
+    assert torch.equal(again[head_energy_key(0, "l4")], first[head_energy_key(0, "l4")])
+    assert fast.model.feature_cache_bytes == cache_size
+
+    fast.eval()  # evaluation takes the full path, forces included
+    object.__setattr__(backbone, "run", type(backbone).run.__get__(backbone))
+    evaluated = fast(batch)
+    assert torch.allclose(
+        evaluated[head_forces_key(0, "l4")], full.eval()(batch)[head_forces_key(0, "l4")]
+    )
+
+    with pytest.raises(KeyError, match="give the loss `forces_coeff: 0`"):
+        SpectralProbeMetrics(probe, type_names=TYPE_NAMES)(fast.train()(batch), batch)

@@ -4,7 +4,7 @@ import hashlib
 
 import ase.data
 import torch
-from nequip.data import AtomicDataDict
+from nequip.data import AtomicDataDict, from_ase
 from nequip.nn.utils import with_edge_vectors_
 
 from .._keys import MARKED_DIRECTION_KEY, injected_energy_key, injected_forces_key
@@ -114,17 +114,32 @@ class SpectralInjection(torch.nn.Module):
         return vector / vector.norm()
 
 
-def _frame_seed(data: AtomicDataDict.Type, seed: int) -> int:
-    """A 64-bit seed from the probe seed and the frame's own positions and species."""
+def frames_from_ase(atoms_list, transforms) -> list:
+    """ASE frames as ``AtomicDataDict`` s, each passed through ``transforms`` in order."""
+    frames = []
+    for atoms in atoms_list:
+        frame = from_ase(atoms)
+        for transform in transforms:
+            frame = transform(frame)
+        frames.append(frame)
+    return frames
+
+
+def frame_digest(positions: torch.Tensor, species: torch.Tensor, seed: int = 0) -> bytes:
+    """An 8-byte digest of a frame's positions and species (and a seed): the frame's identity."""
     digest = hashlib.blake2b(digest_size=8)
     digest.update(int(seed).to_bytes(8, "little", signed=True))
-    digest.update(
-        data[AtomicDataDict.POSITIONS_KEY].to(torch.float64).contiguous().numpy().tobytes()
+    digest.update(positions.detach().to(torch.float64).contiguous().cpu().numpy().tobytes())
+    digest.update(species.detach().to(torch.int64).contiguous().cpu().numpy().tobytes())
+    return digest.digest()
+
+
+def _frame_seed(data: AtomicDataDict.Type, seed: int) -> int:
+    """A 64-bit seed from the probe seed and the frame's own positions and species."""
+    digest = frame_digest(
+        data[AtomicDataDict.POSITIONS_KEY], data[AtomicDataDict.ATOMIC_NUMBERS_KEY], seed
     )
-    digest.update(
-        data[AtomicDataDict.ATOMIC_NUMBERS_KEY].to(torch.int64).contiguous().numpy().tobytes()
-    )
-    return int.from_bytes(digest.digest(), "little")
+    return int.from_bytes(digest, "little")
 
 
 def _describe(data: AtomicDataDict.Type) -> str:

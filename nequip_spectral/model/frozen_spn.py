@@ -68,7 +68,7 @@ def load_frozen_backbone(path: str, feature_tap: str = "auto") -> FrozenBackbone
 
 
 @model_builder
-def FrozenBackboneSPN(probe, type_names, r_max: float) -> SpectralProbeModel:
+def FrozenBackboneSPN(probe, type_names, r_max: float, fit_forces: bool = True):
     """SPN heads for every probed ``l`` on the frozen features of one or more trained models.
 
     .. code-block:: yaml
@@ -81,6 +81,7 @@ def FrozenBackboneSPN(probe, type_names, r_max: float) -> SpectralProbeModel:
           type_names: ${model_type_names}
           r_max: ${cutoff_radius}
           probe: ${spectral_probe}
+          fit_forces: true
 
     Every backbone is checked before anything trains: the file loads, its type names are
     ``type_names``, its ``r_max`` fits the neighbor list, its tapped features have ``l > 0``,
@@ -93,6 +94,9 @@ def FrozenBackboneSPN(probe, type_names, r_max: float) -> SpectralProbeModel:
         type_names (List[str]): type names of the data, as the backbones have them
         r_max (float): the neighbor-list cutoff of the data
         probe: the ``spectral_probe:`` block
+        fit_forces: compute head forces in training; ``false`` is the energy-only fast
+          path (give the loss ``forces_coeff: 0``): no backward pass through the backbones
+          and each frame's features computed once. Evaluation always computes forces.
     """
     probe = SpectralProbeConfig.from_block(probe)
     probe.check_backbone_files()
@@ -117,4 +121,4 @@ def FrozenBackboneSPN(probe, type_names, r_max: float) -> SpectralProbeModel:
             f"spectral_probe.backbones: the tapped features have different degrees L {degrees}; "
             "probe backbones of one architecture together"
         )
-    return SpectralProbeModel(backbones, probe, list(type_names))
+    return SpectralProbeModel(backbones, probe, list(type_names), fit_forces=fit_forces)

@@ -18,6 +18,7 @@ from .._keys import (
     head_name,
 )
 from ..config import SpectralProbeConfig
+from ..data.injection import frame_digest
 from .spn import SPNHead
 
 
@@ -59,16 +60,24 @@ class SpectralProbeModel(GraphModuleMixin, torch.nn.Module):
     mode, and device moves still reach them through ``_apply``. Forces of every head are
     minus its gradient with respect to positions, through the frozen backbone.
 
+    With ``fit_forces=False`` training computes energies only: no forces, no backward pass
+    through the backbone, and each frame's tapped features (and backbone energy) are kept
+    after their first computation, keyed by the frame's positions and types, so later epochs
+    skip the backbone. Evaluation (``eval()``) always computes forces.
+
     Args:
         backbones: the frozen backbones
         probe: the ``spectral_probe:`` block
         type_names: the model's type names (for ``readout: centers``)
+        fit_forces: compute head forces in training
     """
 
-    def __init__(self, backbones, probe, type_names):
+    def __init__(self, backbones, probe, type_names, fit_forces: bool = True):
         super().__init__()
         self.probe = SpectralProbeConfig.from_block(probe)
         self._backbones = tuple(backbones)
+        self.fit_forces = fit_forces
+        self._feature_cache = {}  # frame digest -> per backbone (features, energy)
         self.head_names = [head_name(l) for l in self.probe.l_values] + [CONTROL_HEAD]
         self.heads = torch.nn.ModuleList(
             torch.nn.ModuleDict(
@@ -118,11 +127,58 @@ class SpectralProbeModel(GraphModuleMixin, torch.nn.Module):
     def _apply(self, fn, *args, **kwargs):
         for backbone in self._backbones:
             backbone.model._apply(fn, *args, **kwargs)
+        self._feature_cache.clear()
         return super()._apply(fn, *args, **kwargs)
 
+    @property
+    def feature_cache_bytes(self) -> int:
+        """Memory held by the energy-only path's cache of tapped features."""
+        return sum(
+            tensor.numel() * tensor.element_size()
+            for entries in self._feature_cache.values()
+            for pair in entries
+            for tensor in pair
+        )
+
+    def _backbone_outputs(self, data, with_grad: bool):
+        """Per backbone ``(features, energy)`` of a batch; cached when ``with_grad`` is off."""
+        if with_grad:
+            return [b.run(dict(data), self.with_backbone_prediction) for b in self._backbones]
+        pos = data[AtomicDataDict.POSITIONS_KEY]
+        sizes = data[AtomicDataDict.NUM_NODES_KEY].view(-1).tolist()
+        keys = [
+            frame_digest(p, t)
+            for p, t in zip(
+                pos.split(sizes), data[AtomicDataDict.ATOM_TYPE_KEY].view(-1).split(sizes),
+                strict=True,
+            )
+        ]  # fmt: skip
+        if not all(key in self._feature_cache for key in keys):
+            with torch.no_grad():
+                outputs = [
+                    b.run(dict(data), self.with_backbone_prediction) for b in self._backbones
+                ]
+            for frame, key in enumerate(keys):
+                self._feature_cache[key] = [
+                    (
+                        features.split(sizes)[frame].clone(),
+                        None if energy is None else energy[frame : frame + 1].clone(),
+                    )
+                    for features, energy in outputs
+                ]
+        cached = [self._feature_cache[key] for key in keys]
+        return [
+            (
+                torch.cat([frame[b][0] for frame in cached]),
+                None if cached[0][b][1] is None else torch.cat([frame[b][1] for frame in cached]),
+            )
+            for b in range(len(self._backbones))
+        ]
+
     def forward(self, data: AtomicDataDict.Type) -> AtomicDataDict.Type:
+        with_forces = self.fit_forces or not self.training
         data = dict(data)
-        pos = data[AtomicDataDict.POSITIONS_KEY].detach().requires_grad_(True)
+        pos = data[AtomicDataDict.POSITIONS_KEY].detach().requires_grad_(with_forces)
         data[AtomicDataDict.POSITIONS_KEY] = pos
         num_atoms = pos.shape[0]
         batch = data.get(AtomicDataDict.BATCH_KEY, pos.new_zeros(num_atoms, dtype=torch.long))
@@ -141,8 +197,8 @@ class SpectralProbeModel(GraphModuleMixin, torch.nn.Module):
             return total.index_add(0, batch, per_atom)
 
         energies = []  # (energy key, forces key, energy, trainable)
-        for b, backbone in enumerate(self._backbones):
-            features, energy = backbone.run(dict(data), self.with_backbone_prediction)
+        backbone_outputs = self._backbone_outputs(data, with_grad=with_forces)
+        for b, (features, energy) in enumerate(backbone_outputs):
             features = features.to(dtype)
             if energy is not None:
                 energies.append(
@@ -154,6 +210,9 @@ class SpectralProbeModel(GraphModuleMixin, torch.nn.Module):
 
         out = dict(data)
         for energy_key, forces_key, energy, trainable in energies:
+            if not with_forces:
+                out[energy_key] = energy if trainable else energy.detach()
+                continue
             (grad,) = torch.autograd.grad(
                 energy.sum(), pos, retain_graph=True, create_graph=self.training and trainable
             )

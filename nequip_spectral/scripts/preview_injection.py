@@ -9,23 +9,17 @@ import argparse
 
 import ase.io
 import torch
-from nequip.data import from_ase
 from nequip.data.transforms import NeighborListTransform
 
 from .._keys import injected_energy_key, injected_forces_key
 from ..config import SpectralProbeConfig
-from ..data import SpectralInjection
+from ..data import SpectralInjection, frames_from_ase
 
 
 def injection_spread(frames, probe: SpectralProbeConfig) -> str:
     """The per-``l`` table of injected energy spread and force RMS, as text."""
     transforms = [NeighborListTransform(r_max=probe.cutoff), SpectralInjection(probe)]
-    data = []
-    for atoms in frames:
-        frame = from_ase(atoms)
-        for transform in transforms:
-            frame = transform(frame)
-        data.append(frame)
+    data = frames_from_ase(frames, transforms)
 
     def stack(key):
         return torch.stack([frame[key].to(torch.float64) for frame in data])

@@ -47,19 +47,30 @@ class SpectralHeadField(BaseModifier):
         l: the probed degree, or ``None`` for the control head
         kind: ``forces`` or ``energy``
         target: ``residual`` or ``injected``
+        per_atom: divide energies by the number of atoms
     """
 
-    def __init__(self, backbone: int, l, kind: str, target: str):
+    def __init__(self, backbone: int, l, kind: str, target: str, per_atom: bool = False):
         name = CONTROL_HEAD if l is None else head_name(l)
         key = head_forces_key if kind == "forces" else head_energy_key
         super().__init__(key(backbone, name))
         self.backbone, self.l, self.kind, self.target = backbone, l, kind, target
-        self.name = f"b{backbone}_{name}_{kind}"
+        self.per_atom = per_atom and kind == "energy"
+        self.name = f"b{backbone}_{name}_{'per_atom_' if self.per_atom else ''}{kind}"
 
     def __call__(self, outputs, data):
+        if self.field not in outputs:
+            raise KeyError(
+                f"the probe computed no '{self.field}': with `fit_forces: false` the model "
+                "computes no head forces in training, so give the loss `forces_coeff: 0`"
+            )
         prediction = outputs[self.field]
         target = head_target(outputs, data, self.backbone, self.l, self.kind, self.target)
-        return prediction, target.to(prediction.dtype)
+        target = target.to(prediction.dtype)
+        if self.per_atom:
+            num_atoms = data[AtomicDataDict.NUM_NODES_KEY].view(-1, 1).to(prediction.dtype)
+            return prediction / num_atoms, target / num_atoms
+        return prediction, target
 
     def __str__(self) -> str:
         return self.name
@@ -70,14 +81,20 @@ class SpectralHeadField(BaseModifier):
 
 
 def SpectralProbeMetrics(
-    probe, energy_coeff: float = 1.0, forces_coeff: float = 1.0, type_names=None
+    probe,
+    energy_coeff: float = 1.0,
+    forces_coeff: float = 1.0,
+    per_atom_energy: bool = True,
+    type_names=None,
 ) -> MetricsManager:
     """Mean squared errors of every SPN head against its target, energies and forces.
 
     Serves as the ``loss`` and as ``val_metrics`` / ``test_metrics``; entries are named
-    ``b{backbone}_{head}_{kind}_mse`` (e.g. ``b0_l4_forces_mse``, ``b0_none_energy_mse``), so
-    loggers and the progress bar show each ``l``. Energies are per frame. A kind whose
-    coefficient is zero is left out.
+    ``b{backbone}_{head}_{kind}_mse`` (e.g. ``b0_l4_forces_mse``,
+    ``b0_none_per_atom_energy_mse``), so loggers and the progress bar show each ``l``. As in
+    NequIP's ``EnergyForceLoss``, energies are per atom by default (per-frame energy errors
+    would outweigh force errors by the square of the atom count). A kind whose coefficient is
+    zero is left out.
 
     .. code-block:: yaml
 
@@ -92,6 +109,7 @@ def SpectralProbeMetrics(
         probe: the ``spectral_probe:`` block
         energy_coeff: weight of the energy MSEs in ``weighted_sum``
         forces_coeff: weight of the force MSEs in ``weighted_sum``
+        per_atom_energy: compare energies per atom
         type_names: passed by NequIP (unused)
     """
     probe = SpectralProbeConfig.from_block(probe)
@@ -102,7 +120,7 @@ def SpectralProbeMetrics(
             for kind in KINDS:
                 if coeffs[kind] == 0:
                     continue
-                field = SpectralHeadField(backbone, l, kind, probe.target)
+                field = SpectralHeadField(backbone, l, kind, probe.target, per_atom_energy)
                 metrics.append(
                     {
                         "name": f"{field}_mse",

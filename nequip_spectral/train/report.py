@@ -21,6 +21,7 @@ from ..theory.metrics import frame_sums, hierarchical_bootstrap, spectrum
 from .metrics import KINDS, head_target
 
 REPORT_FILES = ("spectral_report.json", "spectral_report.csv", "spectral_report.png")
+_Y_RANGE = (-1.0, 1.5)  # the plot's axes; values beyond are drawn on the edge
 METRICS = ("rho", "R2_inj", "gain")
 
 
@@ -212,7 +213,10 @@ def write_report(report: dict, output_dir) -> None:
 
 
 def plot_spectrum(report: dict, path) -> None:
-    """rho and R2_inj per ``l`` (forces and energies) with the predicted ceiling marked."""
+    """rho and R2_inj per ``l`` (forces and energies) with the predicted ceiling marked.
+
+    The axes show ``[-1, 1.5]``; a value beyond is drawn on the edge with an open marker.
+    """
     import matplotlib
 
     matplotlib.use("Agg")
@@ -229,9 +233,16 @@ def plot_spectrum(report: dict, path) -> None:
             err = None
             if report["n_backbones"] > 1:
                 err = [report["per_l_std"][str(l)][key] or 0.0 for l in ls]
-            ax.errorbar(ls, mean, yerr=err, marker=marker, capsize=3, label=kind)
+            shown = np.clip(mean, *_Y_RANGE)
+            line = ax.errorbar(ls, shown, yerr=err, marker=marker, capsize=3, label=kind)
+            outside = np.isfinite(mean) & (shown != np.asarray(mean))
+            ax.scatter(
+                np.asarray(ls)[outside], shown[outside], s=90, marker=marker,
+                facecolors="white", edgecolors=line[0].get_color(), zorder=3,
+            )  # fmt: skip
         ax.axvline(report["boundary"], color="k", linestyle="--", label="ceiling d_r L")
         ax.axhline(0.0, color="gray", linewidth=0.5)
+        ax.set_ylim(_Y_RANGE[0] - 0.05, _Y_RANGE[1] + 0.05)
         ax.set_xlabel("angular frequency l")
         ax.set_title(title)
         ax.set_xticks(ls)
