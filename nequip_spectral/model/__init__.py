@@ -1,5 +1,5 @@
 """The model builder of the probe."""
 
-from .frozen_spn import FrozenBackboneSPN, load_frozen_backbone
+from .frozen_spn import FrozenBackboneSPN, freeze_and_tap, load_frozen_backbone
 
-__all__ = ["FrozenBackboneSPN", "load_frozen_backbone"]
+__all__ = ["FrozenBackboneSPN", "freeze_and_tap", "load_frozen_backbone"]

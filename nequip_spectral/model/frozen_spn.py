@@ -16,12 +16,7 @@ def _node_feature_irreps(module):
 
 
 def load_frozen_backbone(path: str, feature_tap: str = "auto") -> FrozenBackbone:
-    """Load a ``.ckpt`` or ``.nequip.zip`` model, freeze it and split it at its feature tap.
-
-    ``auto`` taps the input of the last module whose node-feature input reaches the highest
-    degree: for NequIP, the input of the last interaction layer (its output is scalars only).
-    A module name taps the input of that module of the backbone's ``SequentialGraphNetwork``.
-    """
+    """Load a ``.ckpt`` or ``.nequip.zip`` model, then :func:`freeze_and_tap` it."""
     loader = ModelFromPackage if path.endswith(".nequip.zip") else ModelFromCheckpoint
     try:
         with fresh_model_builder_context():
@@ -31,6 +26,16 @@ def load_frozen_backbone(path: str, feature_tap: str = "auto") -> FrozenBackbone
             f"spectral_probe.backbones: cannot load {path} as a NequIP model: {error}"
         ) from error
     model = loaded if hasattr(loaded, "is_graph_model") else loaded["sole_model"]
+    return freeze_and_tap(model, feature_tap, path)
+
+
+def freeze_and_tap(model, feature_tap: str = "auto", path: str = "the backbone"):
+    """Freeze a NequIP ``GraphModel`` (eval mode, no grad) and split it at its feature tap.
+
+    ``auto`` taps the input of the last module whose node-feature input reaches the highest
+    degree: for NequIP, the input of the last interaction layer (its output is scalars only).
+    A module name taps the input of that module of the backbone's ``SequentialGraphNetwork``.
+    """
     model.eval()
     model.requires_grad_(False)
 

@@ -1,0 +1,199 @@
+"""``nequip-spectral-benchmark``: what the probe costs next to training its backbone.
+
+Side by side in one run, on the bundled aspirin data with the example architecture (NequIP
+``l_max = 2``, 16 features, 3 layers; weights do not change the cost), each configuration in
+its own forked process on the same batches: a backbone training step (energies and forces),
+the probe with all heads fitting energies and forces, the same probe as separate per-``l``
+runs (the naive design), and the energy-only fast path (first epoch, later epochs). Prints
+milliseconds per training step, seconds per epoch of the example split, peak memory above
+the process's start, the ratios and the issue's targets.
+"""
+
+import argparse
+import multiprocessing
+import resource
+import sys
+import time
+
+import ase.io
+import torch
+
+from .._keys import MAX_PROBE_L  # noqa: F401  (registers the fields before the data is read)
+from ..data import BUNDLED_ASPIRIN, SpectralInjection, frames_from_ase
+
+TYPE_NAMES = ["C", "H", "O"]
+EPOCH_FRAMES = 1050  # the example configs' training split of the bundled file
+
+
+def _rss_mb() -> float:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * resource.getpagesize() / 2**20
+
+
+def _batches(l_values, batch_size, count):
+    from nequip.data import AtomicDataDict
+    from nequip.data.transforms import ChemicalSpeciesToAtomTypeMapper, NeighborListTransform
+
+    transforms = [
+        ChemicalSpeciesToAtomTypeMapper(
+            model_type_names=TYPE_NAMES,
+            chemical_species_to_atom_type_map={s: s for s in TYPE_NAMES},
+        ),
+        NeighborListTransform(r_max=5.0),
+        SpectralInjection({"l_values": l_values}, r_max=5.0),
+    ]
+    atoms = ase.io.read(BUNDLED_ASPIRIN, index=f":{batch_size * count}")
+    frames = frames_from_ase(atoms, transforms)
+    return [
+        AtomicDataDict.batched_from_list(frames[i : i + batch_size])
+        for i in range(0, len(frames), batch_size)
+    ]
+
+
+def _backbone():
+    from nequip.model import NequIPGNNModel
+
+    return NequIPGNNModel(
+        seed=0,
+        model_dtype="float32",
+        type_names=TYPE_NAMES,
+        r_max=5.0,
+        l_max=2,
+        num_layers=3,
+        num_features=16,
+        radial_mlp_depth=1,
+        radial_mlp_width=32,
+        avg_num_neighbors=18.0,
+        per_type_energy_shifts={s: -51.0 for s in TYPE_NAMES},
+        per_type_energy_scales={s: 1.0 for s in TYPE_NAMES},
+    )
+
+
+def _probe(l_values, fit_forces):
+    from nequip.utils import torch_default_dtype
+
+    from ..model import freeze_and_tap
+    from ..nn import SpectralProbeModel
+
+    with torch_default_dtype(torch.float32):
+        torch.manual_seed(0)
+        probe = {"backbones": ["in-process"], "l_values": l_values}
+        model = SpectralProbeModel([freeze_and_tap(_backbone())], probe, TYPE_NAMES, fit_forces)
+    return model, probe
+
+
+def _measure(name, l_values, fit_forces, batches, warmup, threads, queue):
+    """Run in a child: time training steps over ``batches`` (twice for the energy-only path)."""
+    from nequip.train import EnergyForceLoss
+
+    from ..train import SpectralProbeMetrics
+
+    torch.set_num_threads(threads)
+    start_rss = _rss_mb()
+    if name == "backbone":
+        model = _backbone()
+        loss = EnergyForceLoss(type_names=TYPE_NAMES)
+    else:
+        model, probe = _probe(l_values, fit_forces)
+        coeff = 1.0 if fit_forces else 0.0
+        loss = SpectralProbeMetrics(probe, forces_coeff=coeff, type_names=TYPE_NAMES)
+    model.train()
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+
+    def step(batch):
+        optimizer.zero_grad()
+        loss(model(batch), batch)["weighted_sum"].backward()
+        optimizer.step()
+
+    passes = 2 if not fit_forces else 1
+    seconds = []
+    for repeat in range(passes):
+        for i, batch in enumerate(batches):
+            begin = time.perf_counter()
+            step(batch)
+            if repeat > 0 or i >= warmup:
+                seconds.append((repeat, time.perf_counter() - begin))
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 - start_rss
+    result = {"peak_mb": peak}
+    for repeat in range(passes):
+        times = [s for r, s in seconds if r == repeat]
+        result[f"pass{repeat}"] = sum(times) / len(times)
+    if not fit_forces:
+        frames = sum(len(b["num_atoms"]) for b in batches)
+        result["cache_mb"] = model.feature_cache_bytes / frames * EPOCH_FRAMES / 2**20
+    queue.put((name, result))
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--batch-size", type=int, default=5)
+    parser.add_argument("--steps", type=int, default=12, help="timed steps per configuration")
+    parser.add_argument("--threads", type=int, default=1)
+    args = parser.parse_args(argv)
+
+    from nequip.utils.global_state import set_global_state
+
+    set_global_state()
+    torch.set_num_threads(args.threads)
+    l_values = list(range(8))
+    warmup = 2
+    batches = _batches(l_values, args.batch_size, args.steps + warmup)
+    context = multiprocessing.get_context("fork")
+    queue = context.Queue()
+    configs = [
+        ("backbone", l_values, True),
+        ("all heads E+F", l_values, True),
+        ("one l + control E+F", [4], True),
+        ("all heads energy-only", l_values, False),
+    ]
+    results = {}
+    for name, ls, fit_forces in configs:  # one at a time: each has the machine to itself
+        process = context.Process(
+            target=_measure, args=(name, ls, fit_forces, batches, warmup, args.threads, queue)
+        )
+        process.start()
+        process.join()
+        if process.exitcode != 0:
+            sys.exit(f"benchmark of '{name}' failed")
+        key, result = queue.get()
+        results[key] = result
+
+    steps_per_epoch = EPOCH_FRAMES / args.batch_size
+    reference = results["backbone"]["pass0"]
+    memory = results["backbone"]["peak_mb"]
+    rows = [
+        ("backbone training, energies + forces", reference, memory),
+        ("probe, all heads (l 0..7 + control), E+F", results["all heads E+F"]["pass0"],
+         results["all heads E+F"]["peak_mb"]),
+        ("probe as 8 separate per-l runs, E+F", 8 * results["one l + control E+F"]["pass0"],
+         results["one l + control E+F"]["peak_mb"]),
+        ("probe energy-only, first epoch", results["all heads energy-only"]["pass0"],
+         results["all heads energy-only"]["peak_mb"]),
+        ("probe energy-only, later epochs", results["all heads energy-only"]["pass1"],
+         results["all heads energy-only"]["peak_mb"]),
+    ]  # fmt: skip
+    print(
+        f"{args.batch_size} frames a step, {args.steps} timed steps, {args.threads} thread(s); "
+        f"an epoch = {EPOCH_FRAMES} frames"
+    )
+    print(f"{'configuration':<44} {'ms/step':>8} {'s/epoch':>8} {'x backbone':>10} {'peak MB':>8}")
+    for name, seconds, peak in rows:
+        print(
+            f"{name:<44} {1000 * seconds:>8.0f} {seconds * steps_per_epoch:>8.1f} "
+            f"{seconds / reference:>10.2f} {peak:>8.0f}"
+        )
+    cache = results["all heads energy-only"]["cache_mb"]
+    print(f"feature cache of the energy-only path for {EPOCH_FRAMES} frames: {cache:.1f} MB")
+    all_heads = results["all heads E+F"]["pass0"] / reference
+    separate = 8 * results["one l + control E+F"]["pass0"] / results["all heads E+F"]["pass0"]
+    later = results["all heads energy-only"]["pass1"] / reference
+    peak = max(r[2] for r in rows[1:2] + rows[3:]) / memory
+    print("targets:")
+    print(f"  all heads E+F <= 2.5x backbone: {all_heads:.2f}x")
+    print(f"  per-l runs >= 3x slower than all heads: {separate:.2f}x")
+    print(f"  energy-only later epochs <= 0.2x backbone: {later:.2f}x")
+    print(f"  peak memory <= 2x backbone training: {peak:.2f}x")
+
+
+if __name__ == "__main__":
+    main()
