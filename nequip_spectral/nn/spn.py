@@ -22,15 +22,30 @@ from e3nn.nn import Gate
 MAX_HARMONIC_DEGREE = 12  # e3nn's o3.spherical_harmonics stops here
 
 
-def _channelwise_product(irreps_1: o3.Irreps, irreps_2: o3.Irreps, channels: int):
-    """All coupling paths of two equal-multiplicity irreps, channel by channel ("uuu")."""
-    outputs = sorted({ir for _, ir1 in irreps_1 for _, ir2 in irreps_2 for ir in ir1 * ir2})
+def _channelwise_product(
+    irreps_1: o3.Irreps, irreps_2: o3.Irreps, channels: int, natural_only: bool
+):
+    r"""All coupling paths of two equal-multiplicity irreps, channel by channel ("uuu").
+
+    ``natural_only`` keeps the outputs of parity ``(-1)^l``, the only ones the readout
+    against :math:`Y_\lambda(\hat n)` uses: in the last product the others are dead work.
+    """
+    outputs = sorted(
+        {
+            ir
+            for _, ir1 in irreps_1
+            for _, ir2 in irreps_2
+            for ir in ir1 * ir2
+            if not natural_only or ir.p == (-1) ** ir.l
+        }
+    )
     irreps_out = o3.Irreps([(channels, ir) for ir in outputs])
     instructions = [
         (i1, i2, outputs.index(ir), "uuu", True)
         for i1, (_, ir1) in enumerate(irreps_1)
         for i2, (_, ir2) in enumerate(irreps_2)
         for ir in ir1 * ir2
+        if ir in outputs
     ]
     return o3.TensorProduct(irreps_1, irreps_2, irreps_out, instructions)
 
@@ -78,8 +93,9 @@ class SPNHead(torch.nn.Module):
         irreps_mix = o3.Irreps([(channels, ir) for _, ir in irreps_in.simplify()]).sort().irreps
         self.products = torch.nn.ModuleList()
         irreps_z = [irreps_mix]
-        for _ in range(degree - 1):
-            self.products.append(_channelwise_product(irreps_z[-1], irreps_mix, channels))
+        for k in range(2, degree + 1):
+            last = k == degree
+            self.products.append(_channelwise_product(irreps_z[-1], irreps_mix, channels, last))
             irreps_z.append(self.products[-1].irreps_out)
         self.irreps_harmonics = o3.Irreps.spherical_harmonics(self.ceiling, p=-1)
         self.readout = o3.FullyConnectedTensorProduct(
