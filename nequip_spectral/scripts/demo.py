@@ -10,6 +10,7 @@ aspirin data, run from a clone of the repository (it reads ``example_configs/``)
 
 import argparse
 import datetime
+import os
 import subprocess
 import sys
 import time
@@ -21,7 +22,9 @@ CONFIGS = Path(__file__).resolve().parents[2] / "example_configs"
 def _stage(title: str, command: list) -> None:
     print(f"\n=== {title}\n$ {' '.join(command)}\n", flush=True)
     start = time.perf_counter()
-    if subprocess.call(command) != 0:
+    # one thread unless told otherwise: on a few cores torch's default oversubscribes
+    env = {"OMP_NUM_THREADS": "1", **os.environ}
+    if subprocess.call(command, env=env) != 0:
         sys.exit(f"stage failed: {title}")
     print(f"=== done in {time.perf_counter() - start:.0f} s", flush=True)
 
@@ -31,7 +34,7 @@ def main(argv=None) -> None:
     stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
     parser.add_argument("--output", type=Path, default=Path("runs") / f"demo-{stamp}")
     parser.add_argument("--backbone-epochs", type=int, default=10)
-    parser.add_argument("--probe-epochs", type=int, default=10)
+    parser.add_argument("--probe-epochs", type=int, default=3)
     parser.add_argument(
         "--energy-only", action="store_true", help="the probe's energy-only fast path"
     )
