@@ -192,3 +192,13 @@ def test_energy_only_path_caches_features_and_matches_the_full_path(probe, aspir
 
     with pytest.raises(KeyError, match="give the loss `forces_coeff: 0`"):
         SpectralProbeMetrics(probe, type_names=TYPE_NAMES)(fast.train()(batch), batch)
+
+
+def test_injected_target_needs_no_backbone_prediction(probe, aspirin_atoms):
+    injected = {**probe, "target": "injected"}
+    model = build(injected, fit_forces=False)
+    batch = aspirin_batch(aspirin_atoms[:2], injected)
+    out = model.train()(batch)
+    assert "spn_backbone_energy_b0" not in out and model.model.feature_cache_bytes > 0
+    loss = SpectralProbeMetrics(injected, forces_coeff=0.0, type_names=TYPE_NAMES)
+    assert torch.isfinite(loss(out, batch)["weighted_sum"])

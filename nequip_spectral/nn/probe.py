@@ -138,6 +138,7 @@ class SpectralProbeModel(GraphModuleMixin, torch.nn.Module):
             for entries in self._feature_cache.values()
             for pair in entries
             for tensor in pair
+            if tensor is not None  # no backbone energy with `target: injected`
         )
 
     def _backbone_outputs(self, data, with_grad: bool):
