@@ -107,3 +107,22 @@ def test_ddp_reduction_equals_one_process():
         _ddp_worker, args=(2, port, *halves, results), nprocs=2, start_method="spawn"
     )
     assert results.get(timeout=60) == pytest.approx(single, rel=1e-12)
+
+
+def test_report_reads_rho_and_the_cliff_from_the_primary_kind():
+    from nequip_spectral.config import SpectralProbeConfig
+    from nequip_spectral.train.report import build_report
+
+    recovered, control, _ = synthetic(lambda t, c, e, g: t)
+    lost, _, _ = synthetic(lambda t, c, e, g: c)
+    # kinds (forces, energy): forces recovered at l = 4 and 5, energies at neither
+    head = np.stack([np.stack([recovered, recovered], 1), np.stack([lost, lost], 1)], 1)[None]
+    controls = np.stack([control, control], 1)[None]
+    probe = SpectralProbeConfig(backbones=("a.ckpt",), l_values=(4, 5))
+    for primary, expected in (("forces", 1.0), ("energy", 0.0)):
+        report = build_report(head, controls, probe, L=2, head_parameters=1, n_bootstrap=50,
+                              primary=primary)  # fmt: skip
+        assert report["primary"] == primary
+        assert report["per_l"]["4"]["rho"] == pytest.approx(expected, abs=1e-9)
+        assert report["cliff"]["rho_boundary"] == pytest.approx(expected, abs=1e-9)
+        assert report["per_l"]["4"]["rho_forces"] == pytest.approx(1.0)

@@ -118,6 +118,7 @@ class SpectralMetrics(lightning.Callback):
             n_bootstrap=self.n_bootstrap,
             block_length=self.block_length,
             seed=self.probe.seed,
+            primary="forces" if probe_model.fit_forces else "energy",
         )
         write_report(self.report, self.output_dir)
         print(format_table(self.report), flush=True)

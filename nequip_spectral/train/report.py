@@ -88,6 +88,7 @@ def build_report(
     n_bootstrap: int = 2000,
     block_length: int = 10,
     seed: int = 0,
+    primary: str = "forces",
 ) -> dict:
     """The report dictionary (``spectral_report.json``) from the per-frame sums of the test set.
 
@@ -96,6 +97,8 @@ def build_report(
         control: ``(backbones, frames, kinds, 3)`` per-frame control sums
         L: degree of the tapped features
         head_parameters: trainable parameters of one SPN head
+        primary: the kind behind ``rho``, the cliff and the bootstrap: ``forces``, or
+            ``energy`` for heads trained on energies only (their forces were never fitted)
     """
     per_kind = {
         kind: spectrum(head[:, :, k].sum(1), control[:, :, k].sum(1))  # (backbones, l)
@@ -105,7 +108,7 @@ def build_report(
     def per_l(values_of):  # {"4": {"rho": .., "R2_inj_forces": .., ...}}
         table = {}
         for i, l in enumerate(probe.l_values):
-            row = {"rho": _finite(values_of("rho", "forces")[i])}
+            row = {"rho": _finite(values_of("rho", primary)[i])}
             for metric in METRICS:
                 for kind in KINDS:
                     row[f"{metric}_{kind}"] = _finite(values_of(metric, kind)[i])
@@ -121,6 +124,7 @@ def build_report(
         "n_backbones": len(probe.backbones),
         "n_test_frames": int(head.shape[1]),
         "target": probe.target,
+        "primary": primary,
         "amplitude": probe.amplitude,
         "channels": probe.channels,
         "activation": probe.activation,
@@ -144,10 +148,10 @@ def build_report(
             "ratio": rho_a / rho_b if defined else None,
             "note": None if defined else "not defined: rho_above <= 0",
         }
-        forces = KINDS.index("forces")
+        kind = KINDS.index(primary)
         bootstrap = hierarchical_bootstrap(
-            head[:, :, forces],
-            control[:, :, forces],
+            head[:, :, kind],
+            control[:, :, kind],
             probe.l_values.index(boundary),
             probe.l_values.index(above),
             n_replicates=n_bootstrap,
@@ -165,7 +169,8 @@ def format_table(report: dict) -> str:
     lines = [
         f"spectral probe: L = {report['L']}, degree d_r = {report['degree']}, predicted ceiling "
         f"l* = {report['boundary']}; {report['n_backbones']} backbone(s), "
-        f"{report['n_test_frames']} test frames, target {report['target']}",
+        f"{report['n_test_frames']} test frames, target {report['target']}; "
+        f"rho, cliff and bootstrap on {report['primary']}",
         f"{'l':>3} {'rho_F':>8} {'R2inj_F':>8} {'gain_F':>10} {'rho_E':>8} {'R2inj_E':>8} "
         f"{'gain_E':>10}",
     ]
@@ -190,9 +195,10 @@ def format_table(report: dict) -> str:
         )
         for name in ("delta", "rho_diff"):
             stats = report[name]
+            low, high = stats["ci95"]
             lines.append(
-                f"{name} (forces) = {stats['mean']:.4g}, 95% CI [{stats['ci95'][0]:.4g}, "
-                f"{stats['ci95'][1]:.4g}], fraction <= 0: {stats['frac_le_0']:.3f}"
+                f"{name} ({report['primary']}) = {stats['mean']:.4g}, 95% CI [{low:.4g}, "
+                f"{high:.4g}], fraction <= 0: {stats['frac_le_0']:.3f}"
             )
     return "\n".join(lines)
 
