@@ -8,7 +8,7 @@ from nequip.utils.test import assert_AtomicData_equivariant
 from nequip_spectral._keys import head_energy_key, head_forces_key
 from nequip_spectral.config import SpectralProbeError
 from nequip_spectral.data import SpectralInjection, frames_from_ase
-from nequip_spectral.model import FrozenBackboneSPN, load_frozen_backbone
+from nequip_spectral.model import FrozenBackboneSPN
 from nequip_spectral.nn import SPNHead
 from nequip_spectral.train import SpectralProbeMetrics
 
@@ -149,13 +149,30 @@ def test_bad_backbone_inputs_name_the_key(probe, tmp_path, change, message):
         build({**probe, **change})
 
 
-def test_backbone_without_equivariant_features_is_refused(tiny_backbone, monkeypatch):
-    """``auto`` refuses a backbone whose node features are all scalars."""
-    from nequip_spectral.model import frozen_spn
+def test_backbone_without_equivariant_node_features_is_refused():
+    """Allegro keeps its equivariant features on edges: no node features with l > 0 to tap."""
+    from allegro.model import AllegroModel
 
-    monkeypatch.setattr(frozen_spn, "_node_feature_irreps", lambda module: o3.Irreps("4x0e"))
+    from nequip_spectral.model import freeze_and_tap
+
+    allegro = AllegroModel(
+        seed=0,
+        model_dtype="float32",
+        type_names=TYPE_NAMES,
+        r_max=5.0,
+        l_max=2,
+        num_layers=1,
+        num_scalar_features=8,
+        num_tensor_features=4,
+        radial_chemical_embed={"_target_": "allegro.nn.TwoBodyBesselScalarEmbed", "num_bessels": 4},
+        allegro_mlp_hidden_layers_depth=1,
+        allegro_mlp_hidden_layers_width=8,
+        avg_num_neighbors=18.0,
+        per_type_energy_shifts={s: 0.0 for s in TYPE_NAMES},
+        per_type_energy_scales={s: 1.0 for s in TYPE_NAMES},
+    )
     with pytest.raises(SpectralProbeError, match="no equivariant node features with l > 0"):
-        load_frozen_backbone(tiny_backbone["ckpt"])
+        freeze_and_tap(allegro, "auto", "allegro.ckpt")
 
 
 def test_energy_only_path_caches_features_and_matches_the_full_path(probe, aspirin_atoms):
