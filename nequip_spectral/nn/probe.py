@@ -143,8 +143,12 @@ class SpectralProbeModel(GraphModuleMixin, torch.nn.Module):
 
     def _backbone_outputs(self, data, with_grad: bool):
         """Per backbone ``(features, energy)`` of a batch; cached when ``with_grad`` is off."""
-        if with_grad:
+
+        def run_all():
             return [b.run(dict(data), self.with_backbone_prediction) for b in self._backbones]
+
+        if with_grad:
+            return run_all()
         pos = data[AtomicDataDict.POSITIONS_KEY]
         sizes = data[AtomicDataDict.NUM_NODES_KEY].view(-1).tolist()
         keys = [
@@ -156,9 +160,7 @@ class SpectralProbeModel(GraphModuleMixin, torch.nn.Module):
         ]  # fmt: skip
         if not all(key in self._feature_cache for key in keys):
             with torch.no_grad():
-                outputs = [
-                    b.run(dict(data), self.with_backbone_prediction) for b in self._backbones
-                ]
+                outputs = run_all()
             for frame, key in enumerate(keys):
                 self._feature_cache[key] = [
                     (

@@ -1,5 +1,8 @@
 """Loss and metrics of all SPN heads, as a NequIP ``MetricsManager``."""
 
+from collections.abc import Callable
+from typing import NamedTuple
+
 import torch
 from nequip.data import AtomicDataDict, BaseModifier
 from nequip.train import MeanSquaredError, MetricsManager
@@ -19,9 +22,22 @@ from ..config import SpectralProbeConfig
 KINDS = ("forces", "energy")
 
 
-_FIELDS = {  # label, injected field, backbone prediction
-    "energy": (AtomicDataDict.TOTAL_ENERGY_KEY, injected_energy_key, backbone_energy_key),
-    "forces": (AtomicDataDict.FORCE_KEY, injected_forces_key, backbone_forces_key),
+class KindFields(NamedTuple):
+    """The fields of one kind: its label, and keys of the injection, backbone and heads."""
+
+    label: str
+    injected: Callable[[int], str]  # l -> key
+    backbone: Callable[[int], str]  # backbone index -> key
+    head: Callable[[int, str], str]  # (backbone index, head name) -> key
+
+
+FIELDS = {
+    "energy": KindFields(
+        AtomicDataDict.TOTAL_ENERGY_KEY, injected_energy_key, backbone_energy_key, head_energy_key
+    ),
+    "forces": KindFields(
+        AtomicDataDict.FORCE_KEY, injected_forces_key, backbone_forces_key, head_forces_key
+    ),
 }
 
 
@@ -32,11 +48,11 @@ def head_target(outputs, data, backbone: int, l, kind: str, target: str) -> torc
     ``y + eps s_l - B(x)`` (``y - B(x)`` for the control head). ``injected``: ``eps s_l``
     (zero for the control head).
     """
-    label, injected_key, backbone_key = _FIELDS[kind]
-    injected = 0.0 if l is None else data[injected_key(l)]
+    fields = FIELDS[kind]
+    injected = 0.0 if l is None else data[fields.injected(l)]
     if target == "injected":
-        return torch.zeros_like(data[label]) + injected
-    return data[label] + injected - outputs[backbone_key(backbone)]
+        return torch.zeros_like(data[fields.label]) + injected
+    return data[fields.label] + injected - outputs[fields.backbone(backbone)]
 
 
 class SpectralHeadField(BaseModifier):
@@ -52,8 +68,7 @@ class SpectralHeadField(BaseModifier):
 
     def __init__(self, backbone: int, l, kind: str, target: str, per_atom: bool = False):
         name = CONTROL_HEAD if l is None else head_name(l)
-        key = head_forces_key if kind == "forces" else head_energy_key
-        super().__init__(key(backbone, name))
+        super().__init__(FIELDS[kind].head(backbone, name))
         self.backbone, self.l, self.kind, self.target = backbone, l, kind, target
         self.per_atom = per_atom and kind == "energy"
         self.name = f"b{backbone}_{name}_{'per_atom_' if self.per_atom else ''}{kind}"

@@ -8,17 +8,10 @@ import numpy as np
 import torch
 from nequip.data import AtomicDataDict
 
-from .._keys import (
-    CONTROL_HEAD,
-    head_energy_key,
-    head_forces_key,
-    head_name,
-    injected_energy_key,
-    injected_forces_key,
-)
+from .._keys import CONTROL_HEAD, head_name
 from ..config import SpectralProbeConfig
 from ..theory.metrics import frame_sums, hierarchical_bootstrap, spectrum
-from .metrics import KINDS, head_target
+from .metrics import FIELDS, KINDS, head_target
 
 REPORT_FILES = ("spectral_report.json", "spectral_report.csv", "spectral_report.png")
 _Y_RANGE = (-1.0, 1.5)  # the plot's axes; values beyond are drawn on the edge
@@ -37,14 +30,12 @@ def batch_frame_sums(outputs, data, probe: SpectralProbeConfig, num_backbones: i
     if atoms_frame is None:
         atoms_frame = torch.zeros(len(data[AtomicDataDict.POSITIONS_KEY]), dtype=torch.long)
     frame_of = {"forces": atoms_frame, "energy": torch.arange(num_frames)}
-    output_key = {"forces": head_forces_key, "energy": head_energy_key}
-    injected_key = {"forces": injected_forces_key, "energy": injected_energy_key}
 
     heads, controls = [], []
     for b in range(num_backbones):
         head_b, control_b = [], []
         for kind in KINDS:
-            control_output = outputs[output_key[kind](b, CONTROL_HEAD)].detach()
+            control_output = outputs[FIELDS[kind].head(b, CONTROL_HEAD)].detach()
             if probe.target == "injected":  # yhat_none = 0, so G_none = 0
                 control_output = torch.zeros_like(control_output)
             control_target = head_target(outputs, data, b, None, kind, probe.target)
@@ -59,9 +50,9 @@ def batch_frame_sums(outputs, data, probe: SpectralProbeConfig, num_backbones: i
                     [
                         frame_sums(
                             head_target(outputs, data, b, l, kind, probe.target),
-                            outputs[output_key[kind](b, head_name(l))].detach(),
+                            outputs[FIELDS[kind].head(b, head_name(l))].detach(),
                             control_output,
-                            data[injected_key[kind](l)],
+                            data[FIELDS[kind].injected(l)],
                             frame_of[kind],
                             num_frames,
                         )
