@@ -5,11 +5,16 @@ from nequip.data import AtomicDataDict
 from nequip.data.transforms import ChemicalSpeciesToAtomTypeMapper, NeighborListTransform
 from nequip.utils.test import assert_AtomicData_equivariant
 
-from nequip_spectral._keys import head_energy_key, head_forces_key
+from nequip_spectral._keys import (
+    backbone_energy_key,
+    backbone_forces_key,
+    head_energy_key,
+    head_forces_key,
+)
 from nequip_spectral.config import SpectralProbeError
 from nequip_spectral.data import SpectralInjection, frames_from_ase
 from nequip_spectral.model import FrozenBackboneSPN
-from nequip_spectral.nn import SPNHead
+from nequip_spectral.nn import SPNHeads
 from nequip_spectral.train import SpectralProbeMetrics
 
 TYPE_NAMES = ["C", "H", "O"]
@@ -27,10 +32,10 @@ def irreps_up_to(L: int, channels: int = 2) -> o3.Irreps:
 def test_head_has_degree_dL_in_the_direction_and_nothing_above(L, degree, activation):
     """The degree bound: as a function of n, a head is a sum of harmonics of degree <= dL."""
     torch.manual_seed(degree + 10 * L)
-    head = SPNHead(irreps_up_to(L), degree, channels=3, activation=activation)
+    head = SPNHeads(irreps_up_to(L), 1, degree, channels=3, activation=activation)
     features = irreps_up_to(L).randn(1, -1).expand(600, -1)
     n = torch.nn.functional.normalize(torch.randn(600, 3), dim=1)
-    values = head(features, o3.spherical_harmonics(head.irreps_harmonics, n, True)).squeeze(1)
+    values = head(features, o3.spherical_harmonics(head.irreps_harmonics, n, True)).squeeze(0)
 
     top = degree * L + 2
     basis = o3.spherical_harmonics(list(range(top + 1)), n, normalize=True)
@@ -87,6 +92,29 @@ def test_head_forces_are_exact_gradients(probe, aspirin_atoms):
             energies.append(model(moved)[key].item())
         numeric = -(energies[0] - energies[1]) / (2 * h)
         assert forces[atom, axis].item() == pytest.approx(numeric, rel=1e-6, abs=1e-9)
+
+
+def test_loss_gradient_of_the_heads_is_exact(probe, aspirin_atoms):
+    """Training fits forces through the backbone by a custom backward: check it by FD."""
+    model = build(probe)
+    model.train()
+    batch = aspirin_batch(aspirin_atoms[:2], probe)
+    loss = SpectralProbeMetrics(probe, type_names=TYPE_NAMES)
+
+    def value():
+        return loss(model(batch), batch)["weighted_sum"]
+
+    value().backward()
+    heads = model.model.heads[0]
+    for weight, index in [(heads.mixes[0].weight, (0, 3)), (heads.readout.weight, (3, 1))]:
+        analytic = weight.grad[index].item()
+        h = 1e-6
+        weight.data[index] += h
+        up = value().item()
+        weight.data[index] -= 2 * h
+        down = value().item()
+        weight.data[index] += h
+        assert analytic == pytest.approx((up - down) / (2 * h), rel=1e-6, abs=1e-10)
 
 
 def test_backbone_frozen_and_outside_the_optimizer(probe, aspirin_atoms):
@@ -186,22 +214,28 @@ def test_energy_only_path_caches_features_and_matches_the_full_path(probe, aspir
     assert not any(key.startswith("spn_forces") for key in first)
     for key in [k for k in reference if k.startswith("spn_energy")]:
         assert torch.allclose(first[key], reference[key]), key
-    cache_size = fast.model.feature_cache_bytes
+    cache_size = fast.model.cache_bytes
     assert cache_size > 0
+
+    # the backbone's own prediction is computed once per frame, with or without forces
+    object.__setattr__(full.model.backbones[0], "energy", None)  # any call would fail
+    again = full(batch)
+    for key in (backbone_energy_key(0), backbone_forces_key(0)):
+        assert torch.equal(again[key], reference[key]), key
 
     # later epochs: the backbone is not run again, and training still reaches the heads only
     backbone = fast.model.backbones[0]
-    object.__setattr__(backbone, "run", None)  # any call would fail
+    object.__setattr__(backbone, "tap", None)  # any call would fail
     loss = SpectralProbeMetrics(probe, forces_coeff=0.0, type_names=TYPE_NAMES)
     again = fast(batch)
     loss(again, batch)["weighted_sum"].backward()
     assert all(p.grad is not None for p in fast.parameters())
     assert not any(p.grad is not None for p in backbone.model.parameters())
     assert torch.equal(again[head_energy_key(0, "l4")], first[head_energy_key(0, "l4")])
-    assert fast.model.feature_cache_bytes == cache_size
+    assert fast.model.cache_bytes == cache_size
 
     fast.eval()  # evaluation takes the full path, forces included
-    object.__setattr__(backbone, "run", type(backbone).run.__get__(backbone))
+    object.__setattr__(backbone, "tap", type(backbone).tap.__get__(backbone))
     evaluated = fast(batch)
     assert torch.allclose(
         evaluated[head_forces_key(0, "l4")], full.eval()(batch)[head_forces_key(0, "l4")]
@@ -216,6 +250,6 @@ def test_injected_target_needs_no_backbone_prediction(probe, aspirin_atoms):
     model = build(injected, fit_forces=False)
     batch = aspirin_batch(aspirin_atoms[:2], injected)
     out = model.train()(batch)
-    assert "spn_backbone_energy_b0" not in out and model.model.feature_cache_bytes > 0
+    assert "spn_backbone_energy_b0" not in out and model.model.cache_bytes > 0
     loss = SpectralProbeMetrics(injected, forces_coeff=0.0, type_names=TYPE_NAMES)
     assert torch.isfinite(loss(out, batch)["weighted_sum"])

@@ -19,7 +19,7 @@ from .._keys import (
 )
 from ..config import SpectralProbeConfig
 from ..data.injection import frame_digest
-from .spn import SPNHead
+from .spn import SPNHeads
 
 
 @dataclasses.dataclass(frozen=True)
@@ -40,16 +40,17 @@ class FrozenBackbone:
     from_tap: tuple
     irreps: o3.Irreps
 
-    def run(self, data: AtomicDataDict.Type, with_energy: bool):
-        """Tapped node features and, if asked, the backbone's total energy."""
+    def tap(self, data: AtomicDataDict.Type) -> AtomicDataDict.Type:
+        """The batch after the modules before the tap; its node features are the tapped ones."""
         for module in self.before_tap:
             data = module(data)
-        features = data[AtomicDataDict.NODE_FEATURES_KEY]
-        if not with_energy:
-            return features, None
+        return data
+
+    def energy(self, tapped: AtomicDataDict.Type) -> torch.Tensor:
+        """The backbone's total energy, from the output of :meth:`tap`."""
         for module in self.from_tap:
-            data = module(data)
-        return features, data[AtomicDataDict.TOTAL_ENERGY_KEY]
+            tapped = module(tapped)
+        return tapped[AtomicDataDict.TOTAL_ENERGY_KEY]
 
 
 class SpectralProbeModel(GraphModuleMixin, torch.nn.Module):
@@ -77,23 +78,19 @@ class SpectralProbeModel(GraphModuleMixin, torch.nn.Module):
         self.probe = SpectralProbeConfig.from_block(probe)
         self._backbones = tuple(backbones)
         self.fit_forces = fit_forces
-        self._feature_cache = {}  # frame digest -> per backbone (features, energy)
+        self._frame_cache = {}  # (frame digest, backbone, field) -> tensor
         self.head_names = [head_name(l) for l in self.probe.l_values] + [CONTROL_HEAD]
         self.heads = torch.nn.ModuleList(
-            torch.nn.ModuleDict(
-                {
-                    name: SPNHead(
-                        backbone.irreps,
-                        self.probe.degree,
-                        self.probe.channels,
-                        self.probe.activation,
-                    )
-                    for name in self.head_names
-                }
+            SPNHeads(
+                backbone.irreps,
+                len(self.head_names),
+                self.probe.degree,
+                self.probe.channels,
+                self.probe.activation,
             )
             for backbone in self._backbones
         )
-        self.irreps_harmonics = self.heads[0][CONTROL_HEAD].irreps_harmonics
+        self.irreps_harmonics = self.heads[0].irreps_harmonics
         self.with_backbone_prediction = self.probe.target == "residual"
         self.register_buffer(
             "center_types", torch.tensor([type_names.index(s) for s in self.probe.centers])
@@ -127,56 +124,61 @@ class SpectralProbeModel(GraphModuleMixin, torch.nn.Module):
     def _apply(self, fn, *args, **kwargs):
         for backbone in self._backbones:
             backbone.model._apply(fn, *args, **kwargs)
-        self._feature_cache.clear()
+        self._frame_cache.clear()
         return super()._apply(fn, *args, **kwargs)
 
     @property
-    def feature_cache_bytes(self) -> int:
-        """Memory held by the energy-only path's cache of tapped features."""
-        return sum(
-            tensor.numel() * tensor.element_size()
-            for entries in self._feature_cache.values()
-            for pair in entries
-            for tensor in pair
-            if tensor is not None  # no backbone energy with `target: injected`
-        )
+    def cache_bytes(self) -> int:
+        """Memory held by the per-frame cache of backbone outputs."""
+        return sum(t.numel() * t.element_size() for t in self._frame_cache.values())
 
-    def _backbone_outputs(self, data, with_grad: bool):
-        """Per backbone ``(features, energy)`` of a batch; cached when ``with_grad`` is off."""
+    def _backbone_outputs(self, data, with_forces: bool):
+        """Per backbone: tapped features, and the backbone's energy and forces (or ``None``).
 
-        def run_all():
-            return [b.run(dict(data), self.with_backbone_prediction) for b in self._backbones]
-
-        if with_grad:
-            return run_all()
+        The backbone's predictions are the same in every epoch: they come from the cache once
+        computed. So do the features when no forces are needed (the energy-only path).
+        """
         pos = data[AtomicDataDict.POSITIONS_KEY]
         sizes = data[AtomicDataDict.NUM_NODES_KEY].view(-1).tolist()
-        keys = [
-            frame_digest(p, t)
-            for p, t in zip(
-                pos.split(sizes), data[AtomicDataDict.ATOM_TYPE_KEY].view(-1).split(sizes),
-                strict=True,
-            )
-        ]  # fmt: skip
-        if not all(key in self._feature_cache for key in keys):
-            with torch.no_grad():
-                outputs = run_all()
-            for frame, key in enumerate(keys):
-                self._feature_cache[key] = [
-                    (
-                        features.split(sizes)[frame].clone(),
-                        None if energy is None else energy[frame : frame + 1].clone(),
-                    )
-                    for features, energy in outputs
-                ]
-        cached = [self._feature_cache[key] for key in keys]
-        return [
-            (
-                torch.cat([frame[b][0] for frame in cached]),
-                None if cached[0][b][1] is None else torch.cat([frame[b][1] for frame in cached]),
-            )
-            for b in range(len(self._backbones))
+        types = data[AtomicDataDict.ATOM_TYPE_KEY].view(-1)
+        frames = [
+            frame_digest(p, t) for p, t in zip(pos.split(sizes), types.split(sizes), strict=True)
         ]
+
+        def cached(b, field):
+            values = [self._frame_cache.get((frame, b, field)) for frame in frames]
+            return None if any(v is None for v in values) else torch.cat(values)
+
+        def store(b, field, value, per_atom):
+            parts = value.detach().split(sizes if per_atom else 1)
+            for frame, part in zip(frames, parts, strict=True):
+                self._frame_cache[(frame, b, field)] = part.clone()
+
+        outputs = []
+        for b, backbone in enumerate(self._backbones):
+            energy, forces = cached(b, "energy"), cached(b, "forces")
+            want_energy = self.with_backbone_prediction and energy is None
+            if with_forces:
+                tapped = backbone.tap(dict(data))
+                features = tapped[AtomicDataDict.NODE_FEATURES_KEY]
+                if self.with_backbone_prediction and (energy is None or forces is None):
+                    energy = backbone.energy(tapped)
+                    (grad,) = torch.autograd.grad(energy.sum(), pos, retain_graph=True)
+                    forces = -grad
+                    store(b, "energy", energy, per_atom=False)
+                    store(b, "forces", forces, per_atom=True)
+            else:
+                features = cached(b, "features")
+                if features is None or want_energy:
+                    with torch.no_grad():
+                        tapped = backbone.tap(dict(data))
+                        features = tapped[AtomicDataDict.NODE_FEATURES_KEY]
+                        store(b, "features", features, per_atom=True)
+                        if want_energy:
+                            energy = backbone.energy(tapped)
+                            store(b, "energy", energy, per_atom=False)
+            outputs.append((features, energy, forces if with_forces else None))
+        return outputs
 
     def forward(self, data: AtomicDataDict.Type) -> AtomicDataDict.Type:
         with_forces = self.fit_forces or not self.training
@@ -196,30 +198,64 @@ class SpectralProbeModel(GraphModuleMixin, torch.nn.Module):
             readout = torch.isin(types, self.center_types).to(dtype).unsqueeze(-1)
 
         def per_frame(per_atom):
-            total = per_atom.new_zeros(num_frames, 1)
+            total = per_atom.new_zeros(num_frames, per_atom.shape[1])
             return total.index_add(0, batch, per_atom)
 
-        energies = []  # (energy key, forces key, energy, trainable)
-        backbone_outputs = self._backbone_outputs(data, with_grad=with_forces)
-        for b, (features, energy) in enumerate(backbone_outputs):
-            features = features.to(dtype)
-            if energy is not None:
-                energies.append(
-                    (backbone_energy_key(b), backbone_forces_key(b), energy.to(dtype), False)
-                )
-            for name, head in self.heads[b].items():
-                energy = per_frame(head(features, harmonics) * readout)
-                energies.append((head_energy_key(b, name), head_forces_key(b, name), energy, True))
-
         out = dict(data)
-        for energy_key, forces_key, energy, trainable in energies:
-            if not with_forces:
-                out[energy_key] = energy if trainable else energy.detach()
-                continue
-            (grad,) = torch.autograd.grad(
-                energy.sum(), pos, retain_graph=True, create_graph=self.training and trainable
-            )
-            if not trainable:  # the backbone's prediction is a fixed target
-                energy, grad = energy.detach(), grad.detach()
-            out[energy_key], out[forces_key] = energy, -grad
+        for b, (features, energy, forces) in enumerate(self._backbone_outputs(data, with_forces)):
+            if energy is not None:  # the backbone's prediction: a fixed target
+                out[backbone_energy_key(b)] = energy.detach().to(dtype)
+            if forces is not None:
+                out[backbone_forces_key(b)] = forces.detach().to(dtype)
+            heads = self.heads[b]
+            # with forces, each head reads its own copy: one backward gives every head's
+            # gradient with respect to the features, and none flows into the backbone
+            inputs = features.detach().to(dtype)
+            if with_forces:
+                inputs = inputs.expand(heads.num_heads, -1, -1).clone().requires_grad_()
+            head_energies = per_frame(heads(inputs, harmonics).T * readout)
+            if with_forces:
+                (feature_grads,) = torch.autograd.grad(
+                    head_energies.sum(), inputs, create_graph=self.training
+                )
+                head_forces = _ForcesThroughBackbone.apply(feature_grads, features, pos)
+            for h, name in enumerate(self.head_names):
+                out[head_energy_key(b, name)] = head_energies[:, h : h + 1]
+                if with_forces:
+                    out[head_forces_key(b, name)] = head_forces[h].to(dtype)
         return out
+
+
+class _ForcesThroughBackbone(torch.autograd.Function):
+    r"""Forces :math:`-J^\top g_h` of heads whose feature gradients are :math:`g_h`.
+
+    :math:`J` is the Jacobian of the backbone's tapped features with respect to positions.
+    Forward: one vector-Jacobian product per head on the backbone's graph. Backward (the
+    loss's gradient with respect to each :math:`g_h`): one Jacobian-vector product
+    :math:`-J r_h` per head, as the derivative of :math:`u \mapsto J^\top u`. Letting autograd
+    differentiate the heads' forces instead would also take second derivatives of the
+    backbone with respect to positions, which no parameter needs.
+    """
+
+    @staticmethod
+    def forward(ctx, feature_grads, features, pos):
+        ctx.graph = features, pos  # the backbone's graph, kept for the backward
+        ctx.dtype = feature_grads.dtype
+        forces = [
+            torch.autograd.grad(features, pos, g.to(features.dtype), retain_graph=True)[0]
+            for g in feature_grads
+        ]
+        return -torch.stack(forces)
+
+    @staticmethod
+    def backward(ctx, grad_forces):
+        features, pos = ctx.graph
+        with torch.enable_grad():
+            u = torch.zeros_like(features, requires_grad=True)
+            (vjp,) = torch.autograd.grad(features, pos, u, create_graph=True)
+            jvps = [
+                torch.autograd.grad(vjp, u, r.to(pos.dtype), retain_graph=True)[0]
+                for r in grad_forces
+            ]
+        del ctx.graph
+        return -torch.stack(jvps).to(ctx.dtype), None, None

@@ -108,13 +108,12 @@ class SpectralMetrics(lightning.Callback):
         if trainer.global_rank != 0:
             return
         probe_model = pl_module.model["sole_model"].model
-        heads = probe_model.heads[0]
         self.report = build_report(
             head.numpy(),
             control.numpy(),
             self.probe,
             L=probe_model.backbones[0].irreps.lmax,
-            head_parameters=sum(p.numel() for p in next(iter(heads.values())).parameters()),
+            head_parameters=probe_model.heads[0].parameters_per_head,
             n_bootstrap=self.n_bootstrap,
             block_length=self.block_length,
             seed=self.probe.seed,
