@@ -47,6 +47,25 @@ def test_head_has_degree_dL_in_the_direction_and_nothing_above(L, degree, activa
     assert max(norms[degree * L + 1 :]) < 1e-9 * scale
 
 
+def test_heads_are_independent():
+    """Each head has its own weights and, given its own copy of the features, its own input."""
+    torch.manual_seed(0)
+    heads = SPNHeads(irreps_up_to(2), 3, degree=3, channels=2)
+    n = torch.nn.functional.normalize(torch.randn(4, 3), dim=1)
+    harmonics = o3.spherical_harmonics(heads.irreps_harmonics, n, True)
+    features = irreps_up_to(2).randn(4, -1).expand(3, -1, -1).clone().requires_grad_()
+    before = heads(features, harmonics)
+    (grad,) = torch.autograd.grad(before[1].sum(), features)
+    assert grad[1].norm() > 0 and grad[0].norm() == 0 and grad[2].norm() == 0
+
+    with torch.no_grad():
+        for parameter in heads.parameters():  # the first dimension of every weight is the head
+            parameter[0] += 1.0
+    after = heads(features, harmonics)
+    assert not torch.allclose(after[0], before[0])
+    assert torch.equal(after[1:], before[1:])
+
+
 def aspirin_batch(atoms_list, probe):
     transforms = [
         ChemicalSpeciesToAtomTypeMapper(
@@ -106,7 +125,10 @@ def test_loss_gradient_of_the_heads_is_exact(probe, aspirin_atoms):
 
     value().backward()
     heads = model.model.heads[0]
-    for weight, index in [(heads.mixes[0].weight, (0, 3)), (heads.readout.weight, (3, 1))]:
+    for weight, index in [
+        (heads.mixes[0].weights[1], (0, 3, 2)),
+        (heads.readout_weights, (3, 1, 4)),
+    ]:
         analytic = weight.grad[index].item()
         h = 1e-6
         weight.data[index] += h

@@ -3,57 +3,94 @@ r"""SPN heads: degree-``d`` polynomials of equivariant features, read out along 
 For features :math:`x` with irreps up to degree :math:`L`, a head's ``degree`` linear mixes
 :math:`m_1(x), \dots, m_d(x)` (``channels`` copies of each irrep of :math:`x`) give the
 products :math:`z_1 = m_1(x)`, :math:`z_k = z_{k-1} \otimes m_k(x)` (channel-wise, all coupling
-paths, one weight per path and channel), so :math:`z_k` has degrees up to :math:`kL`. The
-head's per-atom output is the invariant contraction
+paths), so :math:`z_k` has degrees up to :math:`kL`. The head's per-atom output is the
+invariant contraction with the harmonics of the marked direction
 
 .. math::
 
-    \phi(x, \hat n) = \sum_{k \le d} \sum_{\lambda \le kL} \langle W_{k\lambda} z_{k,\lambda},
-    Y_\lambda(\hat n) \rangle,
+    \phi(x, \hat n) = \sum_{k < d} \sum_{c, \lambda} w_{kc\lambda}
+    \langle z_{k,c,\lambda}, Y_\lambda(\hat n) \rangle
+    + \sum_{c,\,(l_1, l_2, \lambda)} w_{c, l_1 l_2 \lambda}\;
+    (z_{d-1,c,l_1} \otimes m_{d,c,l_2})_\lambda \cdot Y_\lambda(\hat n),
 
 a polynomial of degree :math:`d` in :math:`x` and, as a function of :math:`\hat n`, a sum of
 harmonics of degree at most :math:`dL`: the finite-degree span theorem's ceiling is built in.
+The last product is never formed: each coupling path is read out as the bilinear form
+:math:`z^\top T m` with :math:`T = C^{l_1 l_2 \lambda} \cdot Y_\lambda(\hat n)`, computed
+once per atom for every channel and head.
 
-:class:`SPNHeads` evaluates many independent heads (one per probed ``l``) as one batch: the
-rows are (head, atom) pairs and every e3nn module takes its weights per row, from the row's
-head. One set of e3nn calls serves all heads, and each head's features can be its own copy,
-so one backward pass gives every head's gradient with respect to the features.
+:class:`SPNHeads` evaluates many independent heads (one per probed ``l``) at once, the head
+being a batch dimension of every tensor and weight, and each head may read its own copy of
+the features, so that one backward pass gives every head's gradient with respect to them.
 """
+
+import math
 
 import torch
 from e3nn import o3
 from e3nn.nn import Gate
 
 MAX_HARMONIC_DEGREE = 12  # e3nn's o3.spherical_harmonics stops here
-_PER_ROW = {"shared_weights": False, "internal_weights": False}
 
 
-def _channelwise_product(
-    irreps_1: o3.Irreps, irreps_2: o3.Irreps, channels: int, natural_only: bool
-):
-    r"""All coupling paths of two equal-multiplicity irreps, channel by channel ("uuu").
+def _blocks(irreps: o3.Irreps, tensor: torch.Tensor) -> list:
+    """``(..., dim)`` -> one ``(..., mul, 2l+1)`` tensor per irrep block."""
+    return [
+        tensor[..., s].unflatten(-1, (mul, ir.dim))
+        for s, (mul, ir) in zip(irreps.slices(), irreps, strict=True)
+    ]
 
-    ``natural_only`` keeps the outputs of parity ``(-1)^l``, the only ones the readout
-    against :math:`Y_\lambda(\hat n)` uses: in the last product the others are dead work.
+
+def _natural(ir: o3.Irrep) -> bool:
+    """The parity of :math:`Y_l`: only such blocks meet a harmonic of ``n``."""
+    return ir.p == (-1) ** ir.l
+
+
+class _HeadwiseLinear(torch.nn.Module):
+    """An equivariant linear map per head, like ``o3.Linear`` with a head dimension.
+
+    Every output block is a normalized sum over the input blocks of the same irrep.
     """
-    outputs = sorted(
-        {
-            ir
-            for _, ir1 in irreps_1
-            for _, ir2 in irreps_2
-            for ir in ir1 * ir2
-            if not natural_only or ir.p == (-1) ** ir.l
-        }
-    )
-    irreps_out = o3.Irreps([(channels, ir) for ir in outputs])
+
+    def __init__(self, irreps_in: o3.Irreps, irreps_out: o3.Irreps, num_heads: int):
+        super().__init__()
+        self.irreps_in, self.irreps_out = irreps_in, irreps_out
+        self.paths = [
+            (i, j)
+            for j, (_, ir_out) in enumerate(irreps_out)
+            for i, (_, ir_in) in enumerate(irreps_in)
+            if ir_in == ir_out
+        ]
+        self.weights = torch.nn.ParameterList(
+            torch.randn(num_heads, irreps_in[i].mul, irreps_out[j].mul) for i, j in self.paths
+        )
+        self.fan_in = [
+            sum(irreps_in[i].mul for i, jj in self.paths if jj == j) for j in range(len(irreps_out))
+        ]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``(heads, atoms, dim_in)`` -> ``(heads, atoms, dim_out)``."""
+        blocks = _blocks(self.irreps_in, x)
+        out = [0.0] * len(self.irreps_out)
+        for (i, j), weight in zip(self.paths, self.weights, strict=True):
+            out[j] = out[j] + torch.einsum("hnui,huw->hnwi", blocks[i], weight)
+        scaled = [block / math.sqrt(fan) for block, fan in zip(out, self.fan_in, strict=True)]
+        return torch.cat([block.flatten(-2) for block in scaled], dim=-1)
+
+
+def _channelwise_product(irreps_1: o3.Irreps, irreps_2: o3.Irreps, channels: int):
+    """All coupling paths of two equal-multiplicity irreps, channel by channel ("uuu")."""
+    outputs = sorted({ir for _, ir1 in irreps_1 for _, ir2 in irreps_2 for ir in ir1 * ir2})
     instructions = [
         (i1, i2, outputs.index(ir), "uuu", True)
         for i1, (_, ir1) in enumerate(irreps_1)
         for i2, (_, ir2) in enumerate(irreps_2)
         for ir in ir1 * ir2
-        if ir in outputs
     ]
-    return o3.TensorProduct(irreps_1, irreps_2, irreps_out, instructions, **_PER_ROW)
+    irreps_out = o3.Irreps([(channels, ir) for ir in outputs])
+    return o3.TensorProduct(
+        irreps_1, irreps_2, irreps_out, instructions, shared_weights=False, internal_weights=False
+    )
 
 
 def _gate(irreps_mix: o3.Irreps) -> Gate:
@@ -67,19 +104,6 @@ def _gate(irreps_mix: o3.Irreps) -> Gate:
         [torch.sigmoid],
         gated,
     )
-
-
-class _PerHead(torch.nn.Module):
-    """An e3nn module with unshared weights, given each row the weights of its head."""
-
-    def __init__(self, module: torch.nn.Module, num_heads: int):
-        super().__init__()
-        self.module = module
-        self.weight = torch.nn.Parameter(torch.randn(num_heads, module.weight_numel))
-
-    def forward(self, *inputs: torch.Tensor) -> torch.Tensor:
-        rows_per_head = inputs[0].shape[0] // self.weight.shape[0]
-        return self.module(*inputs, self.weight.repeat_interleave(rows_per_head, dim=0))
 
 
 class SPNHeads(torch.nn.Module):
@@ -104,24 +128,55 @@ class SPNHeads(torch.nn.Module):
                 f"needs harmonics of degree {self.ceiling}; e3nn provides up to "
                 f"{MAX_HARMONIC_DEGREE}"
             )
-        irreps_mix = o3.Irreps([(channels, ir) for _, ir in irreps_in.simplify()]).sort().irreps
-        self.gate = None if activation is None else _gate(irreps_mix)
-        irreps_linear = irreps_mix if self.gate is None else self.gate.irreps_in
-        self.mixes = torch.nn.ModuleList(
-            _PerHead(o3.Linear(irreps_in, irreps_linear, **_PER_ROW), num_heads)
-            for _ in range(degree)
-        )
-        self.products = torch.nn.ModuleList()
-        irreps_z = [irreps_mix]
-        for k in range(2, degree + 1):
-            product = _channelwise_product(irreps_z[-1], irreps_mix, channels, k == degree)
-            self.products.append(_PerHead(product, num_heads))
-            irreps_z.append(product.irreps_out)
         self.irreps_harmonics = o3.Irreps.spherical_harmonics(self.ceiling, p=-1)
-        readout = o3.FullyConnectedTensorProduct(
-            sum(irreps_z, o3.Irreps()), self.irreps_harmonics, "0e", **_PER_ROW
+        self.irreps_mix = (
+            o3.Irreps([(channels, ir) for _, ir in irreps_in.simplify()]).sort().irreps
         )
-        self.readout = _PerHead(readout, num_heads)
+        self.gate = None if activation is None else _gate(self.irreps_mix)
+        irreps_linear = self.irreps_mix if self.gate is None else self.gate.irreps_in
+        self.mixes = torch.nn.ModuleList(
+            _HeadwiseLinear(irreps_in, irreps_linear, num_heads) for _ in range(degree)
+        )
+
+        # z_1 .. z_{d-1}: read out linearly; the products that form them (degree 3)
+        self.irreps_z = [self.irreps_mix]
+        self.products = torch.nn.ModuleList()
+        self.product_weights = torch.nn.ParameterList()
+        for _ in range(2, degree):
+            product = _channelwise_product(self.irreps_z[-1], self.irreps_mix, channels)
+            self.products.append(product)
+            self.product_weights.append(torch.randn(num_heads, product.weight_numel))
+            self.irreps_z.append(product.irreps_out)
+        self.linear_terms = [
+            (k, i) for k, irreps in enumerate(self.irreps_z)
+            for i, (_, ir) in enumerate(irreps) if _natural(ir)
+        ]  # fmt: skip
+
+        # z_{d-1} (x) m_d read out as bilinear forms, one per coupling path (i1, i2, lambda):
+        # coupling[p] holds the path's Clebsch-Gordan tensor at lambda's harmonics, zero-padded
+        paths = [
+            (i1, i2, ir.l)
+            for i1, (_, ir1) in enumerate(self.irreps_z[-1])
+            for i2, (_, ir2) in enumerate(self.irreps_mix)
+            for ir in ir1 * ir2
+            if degree > 1 and _natural(ir)
+        ]
+        dim_z = max(ir.dim for _, ir in self.irreps_z[-1])
+        dim_mix = max(ir.dim for _, ir in self.irreps_mix)
+        coupling = torch.zeros(len(paths), dim_z, dim_mix, self.irreps_harmonics.dim)
+        for p, (i1, i2, lam) in enumerate(paths):
+            l1, l2 = self.irreps_z[-1][i1].ir.l, self.irreps_mix[i2].ir.l
+            block = o3.wigner_3j(l1, l2, lam) * math.sqrt(2 * lam + 1)
+            coupling[p, : 2 * l1 + 1, : 2 * l2 + 1, lam**2 : (lam + 1) ** 2] = block
+        dtype = torch.get_default_dtype()
+        self.register_buffer("coupling", coupling.to(dtype), persistent=False)
+        self.paths = [  # (block of z, block of the mix, their dimensions)
+            (i1, i2, self.irreps_z[-1][i1].ir.dim, self.irreps_mix[i2].ir.dim)
+            for i1, i2, _ in paths
+        ]
+        terms = len(self.linear_terms) + len(paths)
+        self.readout_weights = torch.nn.Parameter(torch.randn(num_heads, channels, terms))
+        self.readout_scale = 1 / math.sqrt(channels * terms)
 
     @property
     def parameters_per_head(self) -> int:
@@ -133,19 +188,43 @@ class SPNHeads(torch.nn.Module):
         Args:
             features: ``(num_atoms, dim)``, shared by all heads, or ``(num_heads, num_atoms,
               dim)``, one copy per head
-            harmonics: ``(num_atoms, dim_Y)`` harmonics of ``n``
+            harmonics: ``(num_atoms, dim_Y)`` harmonics of ``n``, as ``irreps_harmonics``
         """
-        num_atoms, dim = features.shape[-2:]
-        rows = features.expand(self.num_heads, num_atoms, dim).reshape(-1, dim)
-        harmonics = harmonics.repeat(self.num_heads, 1)
+        num_atoms = features.shape[-2]
+        features = features.expand(self.num_heads, num_atoms, -1)
+        Y = [block.squeeze(-2) for block in _blocks(self.irreps_harmonics, harmonics)]
 
-        def mix(module):
-            mixed = module(rows)
-            return mixed if self.gate is None else self.gate(mixed)
+        def mix(linear):
+            mixed = linear(features)
+            if self.gate is not None:
+                mixed = self.gate(mixed)
+            return mixed
 
-        z = mix(self.mixes[0])
-        terms = [z]
-        for mixer, product in zip(self.mixes[1:], self.products, strict=True):
-            z = product(z, mix(mixer))
-            terms.append(z)
-        return self.readout(torch.cat(terms, dim=-1), harmonics).view(self.num_heads, num_atoms)
+        z = [mix(self.mixes[0])]
+        for k, product in enumerate(self.products, 1):  # degree 3: z_2 = z_1 (x) m_2
+            rows = [t.reshape(-1, t.shape[-1]) for t in (z[-1], mix(self.mixes[k]))]
+            weights = self.product_weights[k - 1].repeat_interleave(num_atoms, dim=0)
+            z.append(product(*rows, weights).view(self.num_heads, num_atoms, -1))
+        z_blocks = [_blocks(irreps, t) for irreps, t in zip(self.irreps_z, z, strict=True)]
+
+        linear = [
+            torch.einsum("hnci,ni->hnc", z_blocks[k][i], Y[self.irreps_z[k][i].ir.l])
+            for k, i in self.linear_terms
+        ]
+        terms = [torch.stack(linear, dim=-1)] if linear else []
+        if self.paths:
+            # per atom, all heads and channels side by side: (atoms, heads * channels, 2l+1)
+            def by_atom(blocks):
+                return [b.transpose(0, 1).reshape(num_atoms, -1, b.shape[-1]) for b in blocks]
+
+            z_last = by_atom(z_blocks[-1])
+            m_last = by_atom(_blocks(self.irreps_mix, mix(self.mixes[-1])))
+            forms = torch.einsum("pijk,nk->npij", self.coupling, harmonics)  # once per atom
+            bilinear = [
+                (torch.bmm(z_last[i1], forms[:, p, :di, :dj]) * m_last[i2]).sum(-1)
+                for p, (i1, i2, di, dj) in enumerate(self.paths)
+            ]
+            bilinear = torch.stack(bilinear, dim=-1).unflatten(1, (self.num_heads, -1))
+            terms.append(bilinear.transpose(0, 1))
+        terms = torch.cat(terms, dim=-1)  # (heads, atoms, channels, terms)
+        return self.readout_scale * (terms * self.readout_weights.unsqueeze(1)).sum((-2, -1))
