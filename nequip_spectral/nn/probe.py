@@ -59,11 +59,12 @@ class SpectralProbeModel(GraphModuleMixin, torch.nn.Module):
     The backbones are held outside the module tree: they are not parameters (so no optimizer,
     EMA or checkpoint ever sees them), Lightning's ``train()`` cannot switch them out of eval
     mode, and device moves still reach them through ``_apply``. Forces of every head are
-    minus its gradient with respect to positions, through the frozen backbone.
+    minus its gradient with respect to positions, through the frozen backbone
+    (:class:`_ForcesThroughBackbone`). The backbone's own prediction (the residual target) is
+    computed once per frame and kept, keyed by the frame's positions and types.
 
     With ``fit_forces=False`` training computes energies only: no forces, no backward pass
-    through the backbone, and each frame's tapped features (and backbone energy) are kept
-    after their first computation, keyed by the frame's positions and types, so later epochs
+    through the backbone, and each frame's tapped features are kept too, so later epochs
     skip the backbone. Evaluation (``eval()``) always computes forces.
 
     Args:

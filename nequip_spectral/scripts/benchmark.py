@@ -10,6 +10,7 @@ the process's start, the ratios and the issue's targets.
 """
 
 import argparse
+import contextlib
 import multiprocessing
 import resource
 import sys
@@ -121,7 +122,46 @@ def _measure(name, l_values, fit_forces, batches, warmup, threads, queue):
     if not fit_forces:
         frames = sum(len(b["num_atoms"]) for b in batches)
         result["cache_mb"] = model.cache_bytes / frames * EPOCH_FRAMES / 2**20
-    queue.put((name, result))
+    queue.put(result)
+
+
+def _breakdown(batches, warmup, threads, queue):
+    """Run in a child: where an energy+force step of the all-heads probe spends its time."""
+    from e3nn import o3
+    from nequip.data import AtomicDataDict
+
+    torch.set_num_threads(threads)
+    model, _ = _probe(list(range(8)), True)
+    backbone, heads = model.backbones[0], model.heads[0]
+    seconds = {}
+
+    @contextlib.contextmanager
+    def timed(name, counted):
+        begin = time.perf_counter()
+        yield
+        if counted:
+            seconds[name] = seconds.get(name, 0.0) + time.perf_counter() - begin
+
+    for i, batch in enumerate(batches):
+        counted = i >= warmup
+        pos = batch[AtomicDataDict.POSITIONS_KEY].detach().requires_grad_()
+        with timed("features", counted):
+            tapped = backbone.tap({**batch, AtomicDataDict.POSITIONS_KEY: pos})
+            features = tapped[AtomicDataDict.NODE_FEATURES_KEY]
+        with timed("vjp", counted):
+            torch.autograd.grad(features, pos, torch.randn_like(features), retain_graph=True)
+        u = torch.zeros_like(features, requires_grad=True)
+        with timed("shared", counted):
+            (vjp,) = torch.autograd.grad(features, pos, u, create_graph=True)
+        with timed("jvp", counted):
+            torch.autograd.grad(vjp, u, torch.randn_like(pos), retain_graph=True)
+        n = torch.nn.functional.normalize(torch.randn(len(pos), 3, dtype=features.dtype), dim=1)
+        harmonics = o3.spherical_harmonics(heads.irreps_harmonics, n, normalize=True)
+        copies = features.detach().expand(heads.num_heads, -1, -1).clone().requires_grad_()
+        with timed("heads", counted):
+            heads(copies, harmonics).sum().backward()
+    steps = len(batches) - warmup
+    queue.put({name: total / steps for name, total in seconds.items()})
 
 
 def main(argv=None) -> None:
@@ -146,17 +186,20 @@ def main(argv=None) -> None:
         ("one l + control E+F", [4], True),
         ("all heads energy-only", l_values, False),
     ]
-    results = {}
-    for name, ls, fit_forces in configs:  # one at a time: each has the machine to itself
-        process = context.Process(
-            target=_measure, args=(name, ls, fit_forces, batches, warmup, args.threads, queue)
-        )
+
+    def in_child(target, *target_args):  # one at a time: each has the machine to itself
+        process = context.Process(target=target, args=(*target_args, queue))
         process.start()
         process.join()
         if process.exitcode != 0:
-            sys.exit(f"benchmark of '{name}' failed")
-        key, result = queue.get()
-        results[key] = result
+            sys.exit(f"benchmark: {target.__name__} failed")
+        return queue.get()
+
+    results = {
+        name: in_child(_measure, name, ls, fit_forces, batches, warmup, args.threads)
+        for name, ls, fit_forces in configs
+    }
+    breakdown = in_child(_breakdown, batches, warmup, args.threads)
 
     steps_per_epoch = EPOCH_FRAMES / args.batch_size
     reference = results["backbone"]["pass0"]
@@ -196,6 +239,20 @@ def main(argv=None) -> None:
     print("targets (later epochs):")
     for target, ratio in ratios:
         print(f"  {target}: {ratio:.2f}x")
+
+    ms = {name: 1000 * value for name, value in breakdown.items()}
+    heads = 9
+    floor = ms["features"] + ms["shared"] + heads * (ms["vjp"] + ms["jvp"])
+    print("where an all-heads E+F step goes (ms, one step):")
+    print(f"  backbone features (forward, kept for the forces)   {ms['features']:6.1f}")
+    print(f"  one head's forces -J^T g (vector-Jacobian product)  {ms['vjp']:6.1f}  x {heads}")
+    print(f"  J^T u with its graph, shared by the backward         {ms['shared']:6.1f}")
+    print(f"  one head's J r in the backward (Jacobian-vector)     {ms['jvp']:6.1f}  x {heads}")
+    print(f"  all {heads} heads, forward + backward (energy path)      {ms['heads']:6.1f}")
+    print(
+        f"  backbone passes of the step: {floor:.0f} ms = {floor / (1000 * reference):.2f}x "
+        "a backbone-training step"
+    )
 
 
 if __name__ == "__main__":
