@@ -3,21 +3,21 @@ r"""SPN heads: degree-``d`` polynomials of equivariant features, read out along 
 For features :math:`x` with irreps up to degree :math:`L`, a head's ``degree`` linear mixes
 :math:`m_1(x), \dots, m_d(x)` (``channels`` copies of each irrep of :math:`x`) give the
 products :math:`z_1 = m_1(x)`, :math:`z_k = z_{k-1} \otimes m_k(x)` (channel-wise, all coupling
-paths), so :math:`z_k` has degrees up to :math:`kL`. The head's per-atom output is the
-invariant contraction with the harmonics of the marked direction
+paths, a weight per path and channel), so :math:`z_k` has degrees up to :math:`kL`. Every
+:math:`z_k` is contracted with the harmonics of the marked direction to a per-atom scalar,
 
 .. math::
 
-    \phi(x, \hat n) = \sum_{k < d} \sum_{c, \lambda} w_{kc\lambda}
-    \langle z_{k,c,\lambda}, Y_\lambda(\hat n) \rangle
-    + \sum_{c,\,(l_1, l_2, \lambda)} w_{c, l_1 l_2 \lambda}\;
-    (z_{d-1,c,l_1} \otimes m_{d,c,l_2})_\lambda \cdot Y_\lambda(\hat n),
+    \phi(x, \hat n) = \sum_{k \le d} \sum_{c, \lambda} w_{kc\lambda}\,
+    z_{k,c,\lambda} \cdot Y_\lambda(\hat n) / \sqrt{2\lambda + 1},
 
 a polynomial of degree :math:`d` in :math:`x` and, as a function of :math:`\hat n`, a sum of
 harmonics of degree at most :math:`dL`: the finite-degree span theorem's ceiling is built in.
-The last product is never formed: each coupling path is read out as the bilinear form
-:math:`z^\top T m` with :math:`T = C^{l_1 l_2 \lambda} \cdot Y_\lambda(\hat n)`, computed
-once per atom for every channel and head.
+This is, weight for weight, e3nn's ``o3.Linear`` mixes, ``TensorProduct`` ("uuu") products and
+a ``FullyConnectedTensorProduct`` readout against :math:`Y(\hat n)` (tested), evaluated
+without forming the last product: each of its coupling paths :math:`(l_1, l_2, \lambda)` is
+the bilinear form :math:`z^\top T m` with :math:`T = C^{l_1 l_2 \lambda} \cdot Y_\lambda(\hat n)`,
+computed once per atom for every channel and head.
 
 :class:`SPNHeads` evaluates many independent heads (one per probed ``l``) at once, the head
 being a batch dimension of every tensor and weight, and each head may read its own copy of
@@ -147,36 +147,44 @@ class SPNHeads(torch.nn.Module):
             self.products.append(product)
             self.product_weights.append(torch.randn(num_heads, product.weight_numel))
             self.irreps_z.append(product.irreps_out)
-        self.linear_terms = [
+        # the readout: every natural-parity block of z_1 .. z_{d-1}, and every natural output
+        # lambda of the last product z_{d-1} (x) m_d, met by Y_lambda(n) with a weight per
+        # channel (e3nn's FullyConnectedTensorProduct to 0e)
+        self.linear_blocks = [
             (k, i) for k, irreps in enumerate(self.irreps_z)
             for i, (_, ir) in enumerate(irreps) if _natural(ir)
         ]  # fmt: skip
-
-        # z_{d-1} (x) m_d read out as bilinear forms, one per coupling path (i1, i2, lambda):
-        # coupling[p] holds the path's Clebsch-Gordan tensor at lambda's harmonics, zero-padded
-        paths = [
+        paths = [  # the last product's coupling paths (block of z, block of m, lambda)
             (i1, i2, ir.l)
             for i1, (_, ir1) in enumerate(self.irreps_z[-1])
             for i2, (_, ir2) in enumerate(self.irreps_mix)
             for ir in ir1 * ir2
             if degree > 1 and _natural(ir)
         ]
+        outputs = sorted({lam for *_, lam in paths})
+        # a path's bilinear form z^T T m, T = C . Y_lambda: its Clebsch-Gordan tensor (with
+        # e3nn's factor sqrt(2 lambda + 1), which the readout's 1 / sqrt(2 lambda + 1) cancels)
+        # at lambda's harmonics, zero-padded; and its share of its output (e3nn's "uuu"
+        # product: 1 / sqrt(number of paths into the output))
         dim_z = max(ir.dim for _, ir in self.irreps_z[-1])
         dim_mix = max(ir.dim for _, ir in self.irreps_mix)
         coupling = torch.zeros(len(paths), dim_z, dim_mix, self.irreps_harmonics.dim)
+        to_output = torch.zeros(len(paths), len(outputs))
         for p, (i1, i2, lam) in enumerate(paths):
             l1, l2 = self.irreps_z[-1][i1].ir.l, self.irreps_mix[i2].ir.l
-            block = o3.wigner_3j(l1, l2, lam) * math.sqrt(2 * lam + 1)
-            coupling[p, : 2 * l1 + 1, : 2 * l2 + 1, lam**2 : (lam + 1) ** 2] = block
+            coupling[p, : 2 * l1 + 1, : 2 * l2 + 1, lam**2 : (lam + 1) ** 2] = o3.wigner_3j(
+                l1, l2, lam
+            )
+            to_output[p, outputs.index(lam)] = 1 / math.sqrt(sum(q[2] == lam for q in paths))
         dtype = torch.get_default_dtype()
         self.register_buffer("coupling", coupling.to(dtype), persistent=False)
-        self.paths = [  # (block of z, block of the mix, their dimensions)
-            (i1, i2, self.irreps_z[-1][i1].ir.dim, self.irreps_mix[i2].ir.dim)
-            for i1, i2, _ in paths
-        ]
-        terms = len(self.linear_terms) + len(paths)
-        self.readout_weights = torch.nn.Parameter(torch.randn(num_heads, channels, terms))
-        self.readout_scale = 1 / math.sqrt(channels * terms)
+        self.register_buffer("to_output", to_output.to(dtype), persistent=False)
+        self.paths = [(i1, i2, self.irreps_z[-1][i1].ir.dim, self.irreps_mix[i2].ir.dim)
+                      for i1, i2, _ in paths]  # fmt: skip
+        self.path_weights = torch.nn.Parameter(torch.randn(num_heads, channels, len(paths)))
+        blocks = len(self.linear_blocks) + len(outputs)
+        self.readout_weights = torch.nn.Parameter(torch.randn(num_heads, channels, blocks))
+        self.readout_scale = 1 / math.sqrt(channels * blocks)
 
     @property
     def parameters_per_head(self) -> int:
@@ -207,11 +215,12 @@ class SPNHeads(torch.nn.Module):
             z.append(product(*rows, weights).view(self.num_heads, num_atoms, -1))
         z_blocks = [_blocks(irreps, t) for irreps, t in zip(self.irreps_z, z, strict=True)]
 
-        linear = [
+        blocks = [
             torch.einsum("hnci,ni->hnc", z_blocks[k][i], Y[self.irreps_z[k][i].ir.l])
-            for k, i in self.linear_terms
+            / math.sqrt(self.irreps_z[k][i].ir.dim)
+            for k, i in self.linear_blocks
         ]
-        terms = [torch.stack(linear, dim=-1)] if linear else []
+        blocks = [torch.stack(blocks, dim=-1)]
         if self.paths:
             # per atom, all heads and channels side by side: (atoms, heads * channels, 2l+1)
             def by_atom(blocks):
@@ -225,6 +234,7 @@ class SPNHeads(torch.nn.Module):
                 for p, (i1, i2, di, dj) in enumerate(self.paths)
             ]
             bilinear = torch.stack(bilinear, dim=-1).unflatten(1, (self.num_heads, -1))
-            terms.append(bilinear.transpose(0, 1))
-        terms = torch.cat(terms, dim=-1)  # (heads, atoms, channels, terms)
-        return self.readout_scale * (terms * self.readout_weights.unsqueeze(1)).sum((-2, -1))
+            bilinear = bilinear.transpose(0, 1) * self.path_weights.unsqueeze(1)
+            blocks.append(bilinear @ self.to_output)
+        blocks = torch.cat(blocks, dim=-1)  # (heads, atoms, channels, readout blocks)
+        return self.readout_scale * (blocks * self.readout_weights.unsqueeze(1)).sum((-2, -1))
