@@ -158,11 +158,10 @@ class SpectralProbeModel(GraphModuleMixin, torch.nn.Module):
         outputs = []
         for b, backbone in enumerate(self._backbones):
             energy, forces = cached(b, "energy"), cached(b, "forces")
-            want_energy = self.with_backbone_prediction and energy is None
             if with_forces:
                 tapped = backbone.tap(dict(data))
                 features = tapped[AtomicDataDict.NODE_FEATURES_KEY]
-                if self.with_backbone_prediction and (energy is None or forces is None):
+                if self.with_backbone_prediction and forces is None:  # (stored with energy)
                     energy = backbone.energy(tapped)
                     (grad,) = torch.autograd.grad(energy.sum(), pos, retain_graph=True)
                     forces = -grad
@@ -170,6 +169,7 @@ class SpectralProbeModel(GraphModuleMixin, torch.nn.Module):
                     store(b, "forces", forces, per_atom=True)
             else:
                 features = cached(b, "features")
+                want_energy = self.with_backbone_prediction and energy is None
                 if features is None or want_energy:
                     with torch.no_grad():
                         tapped = backbone.tap(dict(data))
