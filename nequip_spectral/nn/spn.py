@@ -215,12 +215,12 @@ class SPNHeads(torch.nn.Module):
             z.append(product(*rows, weights).view(self.num_heads, num_atoms, -1))
         z_blocks = [_blocks(irreps, t) for irreps, t in zip(self.irreps_z, z, strict=True)]
 
-        blocks = [
+        linear = [
             torch.einsum("hnci,ni->hnc", z_blocks[k][i], Y[self.irreps_z[k][i].ir.l])
             / math.sqrt(self.irreps_z[k][i].ir.dim)
             for k, i in self.linear_blocks
         ]
-        blocks = [torch.stack(blocks, dim=-1)]
+        readout = [torch.stack(linear, dim=-1)]
         if self.paths:
             # per atom, all heads and channels side by side: (atoms, heads * channels, 2l+1)
             def by_atom(blocks):
@@ -235,6 +235,6 @@ class SPNHeads(torch.nn.Module):
             ]
             bilinear = torch.stack(bilinear, dim=-1).unflatten(1, (self.num_heads, -1))
             bilinear = bilinear.transpose(0, 1) * self.path_weights.unsqueeze(1)
-            blocks.append(bilinear @ self.to_output)
-        blocks = torch.cat(blocks, dim=-1)  # (heads, atoms, channels, readout blocks)
-        return self.readout_scale * (blocks * self.readout_weights.unsqueeze(1)).sum((-2, -1))
+            readout.append(bilinear @ self.to_output)
+        readout = torch.cat(readout, dim=-1)  # (heads, atoms, channels, readout blocks)
+        return self.readout_scale * (readout * self.readout_weights.unsqueeze(1)).sum((-2, -1))
