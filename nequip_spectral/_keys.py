@@ -30,13 +30,19 @@ register_fields(
 
 
 # Outputs of the probe model, registered when it is built (their number depends on the
-# backbones). Backbone ``b``'s own
-# prediction, and each SPN head's energy and forces; heads are named ``l{l}`` or ``none``.
+# backbones). Backbone ``b``'s own prediction, and each SPN head's energy and forces. Each
+# backbone has two sets of heads, each set one head per probed ``l`` and a control head: the
+# energy spectrum's, fitted to energies alone (``e_l4``, ``e_none``), and the force
+# spectrum's, fitted to energies and forces (``f_l4``, ``f_none``).
 CONTROL_HEAD: Final[str] = "none"
+ENERGY_FIT: Final[str] = "e"
+FORCE_FIT: Final[str] = "f"
+SPECTRUM_FIT: Final[dict] = {"energy": ENERGY_FIT, "forces": FORCE_FIT}  # kind -> its heads
 
 
-def head_name(l: int) -> str:
-    return f"l{l}"
+def head_name(l: int | None, fit: str) -> str:
+    """``e_l4``: head ``l = 4`` of the set ``fit``; ``l = None``: the control head."""
+    return f"{fit}_{CONTROL_HEAD if l is None else f'l{l}'}"
 
 
 def backbone_energy_key(b: int) -> str:  # (num_frames, 1) | frozen backbone energy B(x)

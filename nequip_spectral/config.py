@@ -23,6 +23,7 @@ class SpectralProbeError(ValueError):
 _TARGETS = ("residual", "injected")
 _ACTIVATIONS = (None, "gate")
 _READOUTS = ("all", "centers")
+_SOLVERS = ("closed_form", "sgd")
 
 
 def _fail(key: str, message: str):
@@ -65,6 +66,10 @@ class SpectralProbeConfig:
         channels: 8
         activation: null
         readout: all
+        solver: closed_form
+        force_spectrum: true
+        feature_budget: 8000
+        force_directions: 16
         feature_tap: auto
         seed: 0
 
@@ -81,6 +86,13 @@ class SpectralProbeConfig:
         channels: width of the SPN's linear mixes
         activation: ``null`` (exact polynomial) or ``gate``
         readout: sum head outputs over ``all`` atoms or over the ``centers`` only
+        solver: ``closed_form`` (each head the exact ridge optimum of its function class) or
+          ``sgd`` (heads trained by gradient descent, as in the paper)
+        force_spectrum: also fit heads to energies and forces (the force spectrum); the
+          energy spectrum (heads fitted to energies alone) is always computed
+        feature_budget: ``closed_form``: the most polynomial features per head
+        force_directions: ``closed_form``: random force directions per training frame
+          (a sketch of the ``3N`` force components; all of them when ``>= 3N``)
         feature_tap: which backbone features the SPN reads (``auto``)
         seed: seed of the marked directions and the SPN weights
     """
@@ -97,6 +109,10 @@ class SpectralProbeConfig:
     channels: int = 8
     activation: str | None = None
     readout: str = "all"
+    solver: str = "closed_form"
+    force_spectrum: bool = True
+    feature_budget: int = 8000
+    force_directions: int = 16
     feature_tap: str = "auto"
     seed: int = 0
 
@@ -169,6 +185,13 @@ class SpectralProbeConfig:
             _fail("activation", f"must be null or 'gate', got {self.activation!r}")
         if self.readout not in _READOUTS:
             _fail("readout", f"must be one of {list(_READOUTS)}, got {self.readout!r}")
+        if self.solver not in _SOLVERS:
+            _fail("solver", f"must be one of {list(_SOLVERS)}, got {self.solver!r}")
+        if not isinstance(self.force_spectrum, bool):
+            _fail("force_spectrum", f"must be true or false, got {self.force_spectrum!r}")
+        for key in ("feature_budget", "force_directions"):
+            if not _is_int(getattr(self, key)) or getattr(self, key) < 1:
+                _fail(key, f"must be a positive integer, got {getattr(self, key)!r}")
         if not isinstance(self.feature_tap, str) or not self.feature_tap:
             _fail("feature_tap", f"must be 'auto' or a module name, got {self.feature_tap!r}")
         if not _is_int(self.seed):

@@ -119,10 +119,15 @@ def test_report_reads_rho_and_the_cliff_from_the_primary_kind():
     head = np.stack([np.stack([recovered, recovered], 1), np.stack([lost, lost], 1)], 1)[None]
     controls = np.stack([control, control], 1)[None]
     probe = SpectralProbeConfig(backbones=("a.ckpt",), l_values=(4, 5))
-    for primary, expected in (("forces", 1.0), ("energy", 0.0)):
-        report = build_report(head, controls, probe, L=2, head_parameters=1, n_bootstrap=50,
-                              primary=primary)  # fmt: skip
-        assert report["primary"] == primary
+    for kinds, expected in ((("forces", "energy"), 1.0), (("energy",), 0.0)):
+        measured = slice(0, 2) if len(kinds) == 2 else slice(1, 2)  # energies: the second
+        report = build_report(head[:, :, measured], controls[:, :, measured], probe, L=2,
+                              head_parameters=1, n_bootstrap=50, kinds=kinds)  # fmt: skip
+        assert report["primary"] == kinds[0]
         assert report["per_l"]["4"]["rho"] == pytest.approx(expected, abs=1e-9)
         assert report["cliff"]["rho_boundary"] == pytest.approx(expected, abs=1e-9)
-        assert report["per_l"]["4"]["rho_forces"] == pytest.approx(1.0)
+        assert report["per_l"]["4"]["rho_energy"] == pytest.approx(0.0, abs=1e-9)
+        if len(kinds) == 2:
+            assert report["per_l"]["4"]["rho_forces"] == pytest.approx(1.0)
+        else:  # no force spectrum: its values are undefined, not made up
+            assert report["per_l"]["4"]["rho_forces"] is None

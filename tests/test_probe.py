@@ -6,10 +6,13 @@ from nequip.data.transforms import ChemicalSpeciesToAtomTypeMapper, NeighborList
 from nequip.utils.test import assert_AtomicData_equivariant
 
 from nequip_spectral._keys import (
+    ENERGY_FIT,
+    FORCE_FIT,
     backbone_energy_key,
     backbone_forces_key,
     head_energy_key,
     head_forces_key,
+    head_name,
 )
 from nequip_spectral.config import SpectralProbeError
 from nequip_spectral.data import SpectralInjection, frames_from_ase
@@ -114,7 +117,7 @@ def test_heads_are_independent():
     assert torch.equal(after[1:], before[1:])
 
 
-def aspirin_batch(atoms_list, probe):
+def aspirin_frames(atoms_list, probe):
     transforms = [
         ChemicalSpeciesToAtomTypeMapper(
             model_type_names=TYPE_NAMES,
@@ -123,7 +126,11 @@ def aspirin_batch(atoms_list, probe):
         NeighborListTransform(r_max=5.0),
         SpectralInjection(probe),
     ]
-    return AtomicDataDict.batched_from_list(frames_from_ase(atoms_list, transforms))
+    return frames_from_ase(atoms_list, transforms)
+
+
+def aspirin_batch(atoms_list, probe):
+    return AtomicDataDict.batched_from_list(aspirin_frames(atoms_list, probe))
 
 
 def build(probe, **kwargs):
@@ -134,7 +141,8 @@ def build(probe, **kwargs):
 
 @pytest.fixture(scope="module")
 def probe(tiny_backbone):
-    return {"backbones": [tiny_backbone["ckpt"]], "l_values": [1, 4, 5]}
+    """Heads trained by gradient descent (random weights: every output is nonzero)."""
+    return {"backbones": [tiny_backbone["ckpt"]], "l_values": [1, 4, 5], "solver": "sgd"}
 
 
 def test_probe_is_invariant_and_its_forces_equivariant(probe, aspirin_atoms):
@@ -147,8 +155,8 @@ def test_head_forces_are_exact_gradients(probe, aspirin_atoms):
     model = build(probe)
     model.eval()
     data = aspirin_batch(aspirin_atoms[:1], probe)
-    key = head_energy_key(0, "l4")
-    forces = model(data)[head_forces_key(0, "l4")].detach()
+    key = head_energy_key(0, head_name(4, FORCE_FIT))
+    forces = model(data)[head_forces_key(0, head_name(4, FORCE_FIT))].detach()
     h = 1e-5
     for atom, axis in [(0, 0), (7, 1), (12, 2)]:
         energies = []
@@ -172,7 +180,7 @@ def test_loss_gradient_of_the_heads_is_exact(probe, aspirin_atoms):
         return loss(model(batch), batch)["weighted_sum"]
 
     value().backward()
-    heads = model.model.heads[0]
+    heads = model.model.heads[FORCE_FIT][0]
     for weight, index in [
         (heads.mixes[0].weights[1], (0, 3, 2)),
         (heads.readout_weights, (3, 1, 4)),
@@ -213,18 +221,21 @@ def test_backbone_frozen_and_outside_the_optimizer(probe, aspirin_atoms):
 
 
 def test_checkpoint_and_package_give_the_same_probe(tiny_backbone, aspirin_atoms):
-    from_ckpt = {"backbones": [tiny_backbone["ckpt"]], "l_values": [2]}
-    from_package = {"backbones": [tiny_backbone["package"]], "l_values": [2]}
+    from_ckpt = {"backbones": [tiny_backbone["ckpt"]], "l_values": [2], "solver": "sgd"}
+    from_package = {**from_ckpt, "backbones": [tiny_backbone["package"]]}
     batch = aspirin_batch(aspirin_atoms[:2], from_ckpt)
     a, b = build(from_ckpt)(batch), build(from_package)(batch)
-    for key in (head_energy_key(0, "l2"), head_forces_key(0, "l2"), "spn_backbone_energy_b0"):
+    name = head_name(2, FORCE_FIT)
+    for key in (head_energy_key(0, name), head_forces_key(0, name), "spn_backbone_energy_b0"):
         assert torch.allclose(a[key], b[key], atol=1e-10), key
 
 
 def test_two_backbones_get_their_own_heads(tiny_backbone, aspirin_atoms):
     probe = {"backbones": [tiny_backbone["ckpt"], tiny_backbone["package"]], "l_values": [3]}
     out = build(probe)(aspirin_batch(aspirin_atoms[:2], probe))
-    assert head_energy_key(1, "l3") in out and head_energy_key(1, "none") in out
+    for fit in (ENERGY_FIT, FORCE_FIT):
+        assert head_energy_key(1, head_name(3, fit)) in out
+        assert head_energy_key(1, head_name(None, fit)) in out
 
 
 @pytest.mark.parametrize(
@@ -273,16 +284,19 @@ def test_backbone_without_equivariant_node_features_is_refused():
         freeze_and_tap(allegro, "auto", "allegro.ckpt")
 
 
-def test_energy_only_path_caches_features_and_matches_the_full_path(probe, aspirin_atoms):
-    full, fast = build(probe), build(probe, fit_forces=False)
-    fast.load_state_dict(full.state_dict())
+def test_energy_spectrum_alone_caches_features_and_matches_the_full_path(probe, aspirin_atoms):
+    """Without the force spectrum nothing needs forces: the backbone runs once per frame."""
+    full, fast = build(probe), build({**probe, "force_spectrum": False})
+    fast.load_state_dict(full.state_dict(), strict=False)  # the e heads; fast has no f heads
     batch = aspirin_batch(aspirin_atoms[:3], probe)
     full.train()
     fast.train()
     reference = full(batch)
     first = fast(batch)
     assert not any(key.startswith("spn_forces") for key in first)
-    for key in [k for k in reference if k.startswith("spn_energy")]:
+    energies = [k for k in first if k.startswith("spn_energy")]
+    assert len(energies) == 4  # l = 1, 4, 5 and the control
+    for key in energies:
         assert torch.allclose(first[key], reference[key]), key
     cache_size = fast.model.cache_bytes
     assert cache_size > 0
@@ -296,30 +310,22 @@ def test_energy_only_path_caches_features_and_matches_the_full_path(probe, aspir
     # later epochs: the backbone is not run again, and training still reaches the heads only
     backbone = fast.model.backbones[0]
     object.__setattr__(backbone, "tap", None)  # any call would fail
-    loss = SpectralProbeMetrics(probe, forces_coeff=0.0, type_names=TYPE_NAMES)
+    loss = SpectralProbeMetrics({**probe, "force_spectrum": False}, type_names=TYPE_NAMES)
+    assert not any("forces" in name for name in loss.entries)
     again = fast(batch)
     loss(again, batch)["weighted_sum"].backward()
     assert all(p.grad is not None for p in fast.parameters())
     assert not any(p.grad is not None for p in backbone.model.parameters())
-    assert torch.equal(again[head_energy_key(0, "l4")], first[head_energy_key(0, "l4")])
+    key = head_energy_key(0, head_name(4, ENERGY_FIT))
+    assert torch.equal(again[key], first[key])
     assert fast.model.cache_bytes == cache_size
-
-    fast.eval()  # evaluation takes the full path, forces included
-    object.__setattr__(backbone, "tap", type(backbone).tap.__get__(backbone))
-    evaluated = fast(batch)
-    assert torch.allclose(
-        evaluated[head_forces_key(0, "l4")], full.eval()(batch)[head_forces_key(0, "l4")]
-    )
-
-    with pytest.raises(KeyError, match="give the loss `forces_coeff: 0`"):
-        SpectralProbeMetrics(probe, type_names=TYPE_NAMES)(fast.train()(batch), batch)
 
 
 def test_injected_target_needs_no_backbone_prediction(probe, aspirin_atoms):
-    injected = {**probe, "target": "injected"}
-    model = build(injected, fit_forces=False)
+    injected = {**probe, "target": "injected", "force_spectrum": False}
+    model = build(injected)
     batch = aspirin_batch(aspirin_atoms[:2], injected)
     out = model.train()(batch)
     assert "spn_backbone_energy_b0" not in out and model.model.cache_bytes > 0
-    loss = SpectralProbeMetrics(injected, forces_coeff=0.0, type_names=TYPE_NAMES)
+    loss = SpectralProbeMetrics(injected, type_names=TYPE_NAMES)
     assert torch.isfinite(loss(out, batch)["weighted_sum"])

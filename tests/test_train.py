@@ -48,11 +48,35 @@ def test_probe_run_writes_the_report(probe_run):
     assert "<- ceiling" in result.stdout
 
 
-def test_probe_checkpoint_holds_heads_only(probe_run):
-    run_dir, _ = probe_run
-    checkpoint = torch.load(run_dir / "last.ckpt", map_location="cpu", weights_only=False)
+def heads_only(checkpoint_path):
+    checkpoint = torch.load(checkpoint_path, map_location="cpu", weights_only=False)
     weights = [k for k in checkpoint["state_dict"] if k.startswith("model.")]
-    assert weights and all(".heads." in k or "center_types" in k for k in weights)
+    assert weights
+    assert all(".heads." in k or ".shifts." in k or "center_types" in k for k in weights)
+    return checkpoint
+
+
+def test_closed_form_checkpoint_holds_the_solved_heads_only(probe_run):
+    run_dir, result = probe_run
+    heads_only(run_dir / "best.ckpt")
+    assert "closed form: " in result.stdout and "ridge strengths" in result.stdout
+    from nequip.model import ModelFromCheckpoint
+
+    probe = ModelFromCheckpoint(str(run_dir / "best.ckpt"))["sole_model"].model
+    for fit, per_backbone in probe.heads.items():
+        assert per_backbone[0].weights.abs().sum() > 0, fit  # solved, not the zeros of init
+        assert torch.isfinite(per_backbone[0].alpha).all(), fit
+    report = json.loads((run_dir / "spectral_report.json").read_text())
+    assert report["solver"]["name"] == "closed_form"
+    assert report["solver"]["features"] == probe.heads["e"][0].features.num_features
+    assert set(report["spectra"]) == {"forces", "energy"}
+
+
+def test_sgd_probe_trains_the_heads_only(tmp_path, tiny_backbone, tiny_aspirin):
+    run_dir = tmp_path / "sgd"
+    overrides = probe_overrides(tiny_backbone["ckpt"], tiny_aspirin)
+    nequip_train("aspirin_probe.yaml", run_dir, *overrides, "spectral_probe.solver=sgd")
+    checkpoint = heads_only(run_dir / "last.ckpt")
     from nequip.model import ModelFromCheckpoint
 
     probe = ModelFromCheckpoint(str(run_dir / "last.ckpt"))["sole_model"]
@@ -61,6 +85,8 @@ def test_probe_checkpoint_holds_heads_only(probe_run):
         state["exp_avg"].numel() for state in checkpoint["optimizer_states"][0]["state"].values()
     )
     assert optimized == trained
+    report = json.loads((run_dir / "spectral_report.json").read_text())
+    assert report["solver"] == {"name": "sgd"}
 
 
 def test_evaluate_reproduces_the_test_metrics(probe_run, tiny_aspirin, tmp_path):

@@ -1,5 +1,7 @@
 """``FrozenBackboneSPN``: the model builder that loads, freezes and taps the backbones."""
 
+import os
+
 from e3nn import o3
 from nequip.data import AtomicDataDict
 from nequip.model import ModelFromCheckpoint, ModelFromPackage
@@ -16,7 +18,11 @@ def _node_feature_irreps(module):
 
 
 def load_frozen_backbone(path: str, feature_tap: str = "auto") -> FrozenBackbone:
-    """Load a ``.ckpt`` or ``.nequip.zip`` model, then :func:`freeze_and_tap` it."""
+    """Load a ``.ckpt`` or ``.nequip.zip`` model, then :func:`freeze_and_tap` it.
+
+    The path is made absolute, so a probe reloaded from another directory finds it again.
+    """
+    path = os.path.abspath(path)
     loader = ModelFromPackage if path.endswith(".nequip.zip") else ModelFromCheckpoint
     try:
         with fresh_model_builder_context():
@@ -73,7 +79,7 @@ def freeze_and_tap(model, feature_tap: str = "auto", path: str = "the backbone")
 
 
 @model_builder
-def FrozenBackboneSPN(probe, type_names, r_max: float, fit_forces: bool = True):
+def FrozenBackboneSPN(probe, type_names, r_max: float):
     """SPN heads for every probed ``l`` on the frozen features of one or more trained models.
 
     .. code-block:: yaml
@@ -86,7 +92,6 @@ def FrozenBackboneSPN(probe, type_names, r_max: float, fit_forces: bool = True):
           type_names: ${model_type_names}
           r_max: ${cutoff_radius}
           probe: ${spectral_probe}
-          fit_forces: true
 
     Every backbone is checked before anything trains: the file loads, its type names are
     ``type_names``, its ``r_max`` fits the neighbor list, its tapped features have ``l > 0``,
@@ -99,9 +104,6 @@ def FrozenBackboneSPN(probe, type_names, r_max: float, fit_forces: bool = True):
         type_names (List[str]): type names of the data, as the backbones have them
         r_max (float): the neighbor-list cutoff of the data
         probe: the ``spectral_probe:`` block
-        fit_forces: compute head forces in training; ``false`` is the energy-only fast
-          path (give the loss ``forces_coeff: 0``): no backward pass through the backbones
-          and each frame's features computed once. Evaluation always computes forces.
     """
     probe = SpectralProbeConfig.from_block(probe)
     probe.check_backbone_files()
@@ -126,4 +128,4 @@ def FrozenBackboneSPN(probe, type_names, r_max: float, fit_forces: bool = True):
             f"spectral_probe.backbones: the tapped features have different degrees L {degrees}; "
             "probe backbones of one architecture together"
         )
-    return SpectralProbeModel(backbones, probe, list(type_names), fit_forces=fit_forces)
+    return SpectralProbeModel(backbones, probe, list(type_names))

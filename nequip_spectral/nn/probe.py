@@ -9,7 +9,8 @@ from nequip.data._key_registry import register_fields
 from nequip.nn import GraphModuleMixin
 
 from .._keys import (
-    CONTROL_HEAD,
+    ENERGY_FIT,
+    FORCE_FIT,
     MARKED_DIRECTION_KEY,
     backbone_energy_key,
     backbone_forces_key,
@@ -19,6 +20,9 @@ from .._keys import (
 )
 from ..config import SpectralProbeConfig
 from ..data.injection import frame_digest
+from ..targets import head_target
+from ..theory.ridge import sketch_directions
+from .polynomial import LinearHeads
 from .spn import SPNHeads
 
 
@@ -54,44 +58,48 @@ class FrozenBackbone:
 
 
 class SpectralProbeModel(GraphModuleMixin, torch.nn.Module):
-    """One SPN head per probed ``l`` plus the control head, for every frozen backbone.
+    """SPN heads for every probed ``l`` plus the control head, for every frozen backbone.
+
+    Each backbone has one set of heads per spectrum: ``e`` heads fitted to energies alone
+    (the energy spectrum) and, with ``spectral_probe.force_spectrum``, ``f`` heads fitted to
+    energies and forces (the force spectrum). A head is an :class:`SPNHeads` head (``solver:
+    sgd``) or a :class:`LinearHeads` head (``solver: closed_form``), plus a per-type energy.
 
     The backbones are held outside the module tree: they are not parameters (so no optimizer,
     EMA or checkpoint ever sees them), Lightning's ``train()`` cannot switch them out of eval
-    mode, and device moves still reach them through ``_apply``. Forces of every head are
-    minus its gradient with respect to positions, through the frozen backbone
-    (:class:`_ForcesThroughBackbone`). The backbone's own prediction (the residual target) is
-    computed once per frame and kept, keyed by the frame's positions and types.
-
-    With ``fit_forces=False`` training computes energies only: no forces, no backward pass
-    through the backbone, and each frame's tapped features are kept too, so later epochs
-    skip the backbone. Evaluation (``eval()``) always computes forces.
+    mode, and device moves still reach them through ``_apply``. Forces of the ``f`` heads are
+    minus their gradient with respect to positions, through the frozen backbone
+    (:class:`_ForcesThroughBackbone`); ``e`` heads have energies only. The backbone's own
+    prediction (the residual target) is computed once per frame and kept. Without the force
+    spectrum nothing needs forces: each frame's tapped features are kept too, so later epochs
+    skip the backbone.
 
     Args:
         backbones: the frozen backbones
         probe: the ``spectral_probe:`` block
-        type_names: the model's type names (for ``readout: centers``)
-        fit_forces: compute head forces in training
+        type_names: the model's type names
     """
 
-    def __init__(self, backbones, probe, type_names, fit_forces: bool = True):
+    def __init__(self, backbones, probe, type_names):
         super().__init__()
         self.probe = SpectralProbeConfig.from_block(probe)
         self._backbones = tuple(backbones)
-        self.fit_forces = fit_forces
         self._frame_cache = {}  # (frame digest, backbone, field) -> tensor
-        self.head_names = [head_name(l) for l in self.probe.l_values] + [CONTROL_HEAD]
-        self.heads = torch.nn.ModuleList(
-            SPNHeads(
-                backbone.irreps,
-                len(self.head_names),
-                self.probe.degree,
-                self.probe.channels,
-                self.probe.activation,
-            )
-            for backbone in self._backbones
+        self.irreps = [backbone.irreps for backbone in backbones]
+        self.fits = (ENERGY_FIT, FORCE_FIT) if self.probe.force_spectrum else (ENERGY_FIT,)
+        self.targets = [*self.probe.l_values, None]  # the heads of a set, control last
+        self.heads = torch.nn.ModuleDict(
+            {fit: torch.nn.ModuleList(map(self._heads, self.irreps)) for fit in self.fits}
         )
-        self.irreps_harmonics = self.heads[0].irreps_harmonics
+        self.shifts = torch.nn.ParameterDict(
+            {
+                fit: torch.nn.Parameter(
+                    torch.zeros(len(backbones), len(type_names), len(self.targets))
+                )
+                for fit in self.fits
+            }
+        )
+        self.irreps_harmonics = self.heads[ENERGY_FIT][0].irreps_harmonics
         self.with_backbone_prediction = self.probe.target == "residual"
         self.register_buffer(
             "center_types", torch.tensor([type_names.index(s) for s in self.probe.centers])
@@ -102,9 +110,11 @@ class SpectralProbeModel(GraphModuleMixin, torch.nn.Module):
             if self.with_backbone_prediction:
                 irreps_out[backbone_energy_key(b)] = "0e"
                 irreps_out[backbone_forces_key(b)] = "1o"
-            for name in self.head_names:
-                irreps_out[head_energy_key(b, name)] = "0e"
-                irreps_out[head_forces_key(b, name)] = "1o"
+            for fit in self.fits:
+                for l in self.targets:
+                    irreps_out[head_energy_key(b, head_name(l, fit))] = "0e"
+                    if fit == FORCE_FIT:
+                        irreps_out[head_forces_key(b, head_name(l, fit))] = "1o"
         # register the outputs so that NequIP batches and permutes them as what they are
         register_fields(
             graph_fields=[k for k, irreps in irreps_out.items() if irreps == "0e"],
@@ -118,9 +128,19 @@ class SpectralProbeModel(GraphModuleMixin, torch.nn.Module):
             irreps_out=irreps_out,
         )
 
+    def _heads(self, irreps):
+        probe, count = self.probe, len(self.targets)
+        if probe.solver == "closed_form":
+            return LinearHeads(irreps, count, probe.degree, probe.feature_budget, probe.seed)
+        return SPNHeads(irreps, count, probe.degree, probe.channels, probe.activation)
+
     @property
     def backbones(self):
         return self._backbones
+
+    @property
+    def with_forces(self) -> bool:
+        return FORCE_FIT in self.fits
 
     def _apply(self, fn, *args, **kwargs):
         for backbone in self._backbones:
@@ -133,11 +153,11 @@ class SpectralProbeModel(GraphModuleMixin, torch.nn.Module):
         """Memory held by the per-frame cache of backbone outputs."""
         return sum(t.numel() * t.element_size() for t in self._frame_cache.values())
 
-    def _backbone_outputs(self, data, with_forces: bool):
+    def _backbone_outputs(self, data):
         """Per backbone: tapped features, and the backbone's energy and forces (or ``None``).
 
         The backbone's predictions are the same in every epoch: they come from the cache once
-        computed. So do the features when no forces are needed (the energy-only path).
+        computed. So do the features when no forces are needed (no force spectrum).
         """
         pos = data[AtomicDataDict.POSITIONS_KEY]
         sizes = data[AtomicDataDict.NUM_NODES_KEY].view(-1).tolist()
@@ -158,7 +178,7 @@ class SpectralProbeModel(GraphModuleMixin, torch.nn.Module):
         outputs = []
         for b, backbone in enumerate(self._backbones):
             energy, forces = cached(b, "energy"), cached(b, "forces")
-            if with_forces:
+            if self.with_forces:
                 tapped = backbone.tap(dict(data))
                 features = tapped[AtomicDataDict.NODE_FEATURES_KEY]
                 if self.with_backbone_prediction and forces is None:  # (stored with energy)
@@ -178,53 +198,155 @@ class SpectralProbeModel(GraphModuleMixin, torch.nn.Module):
                         if want_energy:
                             energy = backbone.energy(tapped)
                             store(b, "energy", energy, per_atom=False)
-            outputs.append((features, energy, forces if with_forces else None))
+            outputs.append((features, energy, forces))
         return outputs
 
-    def forward(self, data: AtomicDataDict.Type) -> AtomicDataDict.Type:
-        with_forces = self.fit_forces or not self.training
-        data = dict(data)
-        pos = data[AtomicDataDict.POSITIONS_KEY].detach().requires_grad_(with_forces)
-        data[AtomicDataDict.POSITIONS_KEY] = pos
-        num_atoms = pos.shape[0]
-        batch = data.get(AtomicDataDict.BATCH_KEY, pos.new_zeros(num_atoms, dtype=torch.long))
-        num_frames = AtomicDataDict.num_frames(data)
-        dtype = next(self.parameters()).dtype
-
+    def _direction_and_readout(self, data, dtype):
+        """The harmonics of the marked direction and the readout mask, per atom."""
+        pos = data[AtomicDataDict.POSITIONS_KEY]
+        batch = _atom_frames(data)
         direction = data[MARKED_DIRECTION_KEY].to(dtype).view(-1, 3)[batch]
         harmonics = o3.spherical_harmonics(self.irreps_harmonics, direction, normalize=True)
-        readout = torch.ones(num_atoms, 1, dtype=dtype, device=pos.device)
+        readout = torch.ones(pos.shape[0], 1, dtype=dtype, device=pos.device)
         if self.probe.readout == "centers":
             types = data[AtomicDataDict.ATOM_TYPE_KEY].view(-1)
             readout = torch.isin(types, self.center_types).to(dtype).unsqueeze(-1)
+        return harmonics, readout
+
+    def forward(self, data: AtomicDataDict.Type) -> AtomicDataDict.Type:
+        data = dict(data)
+        pos = data[AtomicDataDict.POSITIONS_KEY].detach().requires_grad_(self.with_forces)
+        data[AtomicDataDict.POSITIONS_KEY] = pos
+        batch = _atom_frames(data)
+        types = data[AtomicDataDict.ATOM_TYPE_KEY].view(-1)
+        num_frames = AtomicDataDict.num_frames(data)
+        dtype = next(self.parameters()).dtype
+        harmonics, readout = self._direction_and_readout(data, dtype)
 
         def per_frame(per_atom):
             total = per_atom.new_zeros(num_frames, per_atom.shape[1])
             return total.index_add(0, batch, per_atom)
 
         out = dict(data)
-        for b, (features, energy, forces) in enumerate(self._backbone_outputs(data, with_forces)):
-            if energy is not None:  # the backbone's prediction: a fixed target
-                out[backbone_energy_key(b)] = energy.detach().to(dtype)
+        for b, (features, energy, forces) in enumerate(self._backbone_outputs(data)):
+            if energy is not None:  # the backbone's prediction: a fixed target, kept in float64
+                out[backbone_energy_key(b)] = energy.detach().to(torch.float64)
             if forces is not None:
-                out[backbone_forces_key(b)] = forces.detach().to(dtype)
-            heads = self.heads[b]
-            # with forces, each head reads its own copy: one backward gives every head's
-            # gradient with respect to the features, and none flows into the backbone
-            inputs = features.detach().to(dtype)
-            if with_forces:
-                inputs = inputs.expand(heads.num_heads, -1, -1).clone().requires_grad_()
-            head_energies = per_frame(heads(inputs, harmonics).T * readout)
-            if with_forces:
-                (feature_grads,) = torch.autograd.grad(
-                    head_energies.sum(), inputs, create_graph=self.training
-                )
-                head_forces = _ForcesThroughBackbone.apply(feature_grads, features, pos)
-            for h, name in enumerate(self.head_names):
-                out[head_energy_key(b, name)] = head_energies[:, h : h + 1]
-                if with_forces:
-                    out[head_forces_key(b, name)] = head_forces[h].to(dtype)
+                out[backbone_forces_key(b)] = forces.detach().to(torch.float64)
+            for fit in self.fits:
+                heads = self.heads[fit][b]
+                inputs = features.detach().to(dtype)
+                if fit == FORCE_FIT:
+                    # each head reads its own copy: one backward gives every head's gradient
+                    # with respect to the features, and none flows into the backbone
+                    inputs = inputs.expand(heads.num_heads, -1, -1).clone().requires_grad_()
+                per_atom = heads(inputs, harmonics).T + self.shifts[fit][b][types]
+                head_energies = per_frame(per_atom * readout)
+                if fit == FORCE_FIT:
+                    (feature_grads,) = torch.autograd.grad(
+                        head_energies.sum(), inputs, create_graph=self.training
+                    )
+                    head_forces = _ForcesThroughBackbone.apply(feature_grads, features, pos)
+                for h, l in enumerate(self.targets):
+                    name = head_name(l, fit)
+                    out[head_energy_key(b, name)] = head_energies[:, h : h + 1]
+                    if fit == FORCE_FIT:
+                        out[head_forces_key(b, name)] = head_forces[h].to(dtype)
         return out
+
+    def add_least_squares(self, data, systems) -> None:
+        """Add a batch's rows to every backbone's least-squares data (``closed_form``).
+
+        Energy rows: the features summed over the readout atoms, per atom. With the force
+        spectrum, ``spectral_probe.force_directions`` force rows per frame: the heads' forces
+        along random directions ``v`` (:func:`sketch_directions`), minus the derivative of the
+        features along ``v``: one Jacobian-vector product through the backbone each. Targets
+        are formed in float64.
+
+        Args:
+            data: a batch
+            systems: ``{fit: [LeastSquaresData of each backbone]}``
+        """
+        data = dict(data)
+        pos = data[AtomicDataDict.POSITIONS_KEY].detach().requires_grad_(self.with_forces)
+        data[AtomicDataDict.POSITIONS_KEY] = pos
+        batch = _atom_frames(data)
+        num_frames = AtomicDataDict.num_frames(data)
+        num_atoms = data[AtomicDataDict.NUM_NODES_KEY].view(-1, 1).to(torch.float64)
+        types = data[AtomicDataDict.ATOM_TYPE_KEY].view(-1)
+        harmonics, readout = self._direction_and_readout(data, torch.float64)
+        counts = readout.new_zeros(num_frames, self.shifts[ENERGY_FIT].shape[1])
+        counts.index_put_((batch, types), readout.squeeze(-1), accumulate=True)
+
+        def frame_features(b, features):  # (..., frames, K)
+            phi = self.heads[ENERGY_FIT][b].features(features.to(torch.float64), harmonics)
+            return per_frame_sum(phi * readout)
+
+        def per_frame_sum(per_atom):  # (..., atoms, K) -> (..., frames, K)
+            shape = (*per_atom.shape[:-2], num_frames, per_atom.shape[-1])
+            return per_atom.new_zeros(shape).index_add(-2, batch, per_atom)
+
+        tangents = self._force_sketch(data) if self.with_forces else []
+        for b, (features, energy, forces) in enumerate(self._backbone_outputs(data)):
+            outputs = {}
+            if energy is not None:
+                outputs[backbone_energy_key(b)] = energy.detach().to(torch.float64)
+                outputs[backbone_forces_key(b)] = forces if forces is None else forces.detach()
+
+            def targets(kind, b=b, outputs=outputs):  # (values, [3,] heads)
+                return torch.stack(
+                    [head_target(outputs, data, b, l, kind, self.probe.target).to(torch.float64)
+                     for l in self.targets], dim=-1)  # fmt: skip
+
+            with torch.no_grad():
+                rows = frame_features(b, features.detach()) / num_atoms
+                energy_targets = targets("energy")[:, 0] / num_atoms
+            for fit in self.fits:
+                systems[fit][b].add_energies(rows, counts / num_atoms, energy_targets)
+            if not self.with_forces:
+                continue
+            # the features' derivatives along every direction (Jacobian-vector products, as
+            # the derivative of u -> J^T u), then the feature map's, all directions at once
+            u = torch.zeros_like(features, requires_grad=True)
+            (vjp,) = torch.autograd.grad(features, pos, u, create_graph=True)
+            derivatives = torch.stack(
+                [torch.autograd.grad(vjp, u, t, retain_graph=True)[0] for t in tangents]
+            ).to(torch.float64)
+            with torch.no_grad():
+                x = features.detach().to(torch.float64)
+
+                def derivative(d, b=b, x=x):  # of the per-frame features along d
+                    return torch.func.jvp(lambda z: frame_features(b, z), (x,), (d,))[1]
+
+                along_features = torch.func.vmap(derivative)(derivatives)
+                force_targets = targets("forces")
+                along = per_frame_sum(torch.einsum("snc,nch->snh", tangents.to(torch.float64),
+                                                   force_targets))  # fmt: skip
+            rows = -along_features.flatten(0, 1)  # (directions x frames, K)
+            systems[FORCE_FIT][b].add_forces(rows, along.flatten(0, 1), components=pos.numel())
+
+    def _force_sketch(self, data) -> torch.Tensor:
+        """``(directions, atoms, 3)``: each frame's sketch directions, zero past its own."""
+        pos = data[AtomicDataDict.POSITIONS_KEY]
+        sizes = data[AtomicDataDict.NUM_NODES_KEY].view(-1).tolist()
+        types = data[AtomicDataDict.ATOM_TYPE_KEY].view(-1)
+        count, seed = self.probe.force_directions, self.probe.seed
+        sketches = [
+            sketch_directions(len(p), count, frame_digest(p, t, seed))
+            for p, t in zip(pos.split(sizes), types.split(sizes), strict=True)
+        ]
+        tangents = torch.zeros(max(len(v) for v in sketches), *pos.shape, dtype=torch.float64)
+        start = 0
+        for directions in sketches:
+            tangents[: len(directions), start : start + directions.shape[1]] = directions
+            start += directions.shape[1]
+        return tangents.to(device=pos.device, dtype=pos.dtype)
+
+
+def _atom_frames(data) -> torch.Tensor:
+    """Each atom's frame index (zeros for one unbatched frame)."""
+    pos = data[AtomicDataDict.POSITIONS_KEY]
+    return data.get(AtomicDataDict.BATCH_KEY, pos.new_zeros(pos.shape[0], dtype=torch.long))
 
 
 class _ForcesThroughBackbone(torch.autograd.Function):

@@ -4,8 +4,12 @@ from pathlib import Path
 
 import lightning
 import torch
+from hydra.utils import instantiate
 
 from ..config import SpectralProbeConfig
+from ..targets import KINDS
+from .closed_form import fit_closed_form
+from .metrics import force_fit_weights
 from .report import REPORT_FILES, batch_frame_sums, build_report, format_table, write_report
 
 
@@ -39,14 +43,20 @@ def check_frames(datasets) -> None:
 
 
 class SpectralMetrics(lightning.Callback):
-    """Computes the spectrum at the end of test and writes the report.
+    """Fits the closed-form heads, and computes the spectrum at the end of test.
 
-    Per backbone and probed ``l``: rho, R2_inj and raw gain for forces and energies, the cliff
-    ``rho(d_r L) / rho(d_r L + 1)`` and a hierarchical cluster bootstrap of
-    ``Delta = G_a - G_b``. Prints the table and writes ``spectral_report.json``, ``.csv`` and
-    ``.png`` into ``output_dir``. Before training or testing starts it refuses an
-    ``output_dir`` that holds a report or a checkpoint already, and applies the transforms to
-    every frame once, so that a bad frame is named by its index in its file.
+    With ``solver: closed_form`` the heads are solved when training starts (one pass over the
+    training and validation frames, :mod:`~nequip_spectral.train.closed_form`), written to
+    ``best.ckpt`` and ``last.ckpt`` where the ``ModelCheckpoint`` would write them, and no
+    gradient epoch runs. At the end of test, per backbone and probed ``l``: rho, R2_inj and
+    raw gain of both spectra, the cliff ``rho(d_r L) / rho(d_r L + 1)`` and a hierarchical
+    cluster bootstrap of ``Delta = G_a - G_b``; prints the table and writes
+    ``spectral_report.json``, ``.csv`` and ``.png`` into ``output_dir``.
+
+    Before anything trains, it refuses a fresh run whose ``output_dir`` holds a report or a
+    checkpoint already (a run resumed with ``ckpt_path=`` goes on), and applies the
+    transforms to every frame of every split once, so that a bad frame is named by its index
+    in its file.
 
     .. code-block:: yaml
 
@@ -61,26 +71,40 @@ class SpectralMetrics(lightning.Callback):
         output_dir: where the report goes
         n_bootstrap: bootstrap replicates
         block_length: test frames per bootstrap block
+        batch_size: frames per batch of the closed-form pass
     """
 
-    def __init__(self, probe, output_dir: str, n_bootstrap: int = 2000, block_length: int = 10):
+    def __init__(
+        self,
+        probe,
+        output_dir: str,
+        n_bootstrap: int = 2000,
+        block_length: int = 10,
+        batch_size: int = 10,
+    ):
         super().__init__()
         self.probe = SpectralProbeConfig.from_block(probe)
         self.output_dir = Path(output_dir)
         self.n_bootstrap = n_bootstrap
         self.block_length = block_length
+        self.batch_size = batch_size
         self.report = None
+        self.closed_form = None
         self._batches = []
         self._started = False
 
     def setup(self, trainer, pl_module, stage: str) -> None:
         if not self._started:  # the first stage of this run: train, or test alone
-            self._refuse_earlier_run()
+            if trainer.ckpt_path is None:
+                self._refuse_earlier_run()
             self._started = True
         datamodule = trainer.datamodule
-        splits = {"fit": ("train_dataset", "val_dataset"), "test": ("test_dataset",)}
-        for split in splits.get(stage, ()):
-            check_frames(getattr(datamodule, split, None) or [])
+        if stage == "fit" and trainer.is_global_zero:
+            test = getattr(datamodule, "test_dataset_config", None) or []
+            for datasets in (datamodule.train_dataset, datamodule.val_dataset, instantiate(test)):
+                check_frames(datasets or [])
+        elif stage == "test" and trainer.is_global_zero:
+            check_frames(datamodule.test_dataset or [])
 
     def _refuse_earlier_run(self) -> None:
         existing = [
@@ -89,17 +113,44 @@ class SpectralMetrics(lightning.Callback):
         if existing:
             raise FileExistsError(
                 f"{self.output_dir} already holds {existing} from an earlier run; "
-                "choose a new output directory instead of overwriting it"
+                "choose a new output directory instead of overwriting it, or resume that run "
+                "with ++ckpt_path=PATH/last.ckpt"
             )
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        if self.probe.solver != "closed_form":
+            return
+        probe_model = _probe_model(pl_module)
+        datamodule = trainer.datamodule
+        self.closed_form = fit_closed_form(
+            probe_model,
+            datamodule.train_dataset,
+            datamodule.val_dataset,
+            *force_fit_weights(pl_module.loss),
+            batch_size=self.batch_size,
+            device=pl_module.device,
+        )
+        if trainer.is_global_zero:
+            print(_describe_solution(self.closed_form, probe_model), flush=True)
+        for checkpoint in trainer.checkpoint_callbacks:  # what validation would have written
+            best = Path(checkpoint.dirpath) / f"{checkpoint.filename or 'best'}.ckpt"
+            trainer.save_checkpoint(best)
+            checkpoint.best_model_path = str(best)
+            if checkpoint.save_last:
+                last = Path(checkpoint.dirpath) / "last.ckpt"
+                trainer.save_checkpoint(last)
+                checkpoint.last_model_path = str(last)
+        trainer.should_stop = True  # the heads are at their optimum: no gradient epochs
 
     def on_test_epoch_start(self, trainer, pl_module) -> None:
         self._batches = []
 
     def on_test_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0):
         output = outputs[f"test_{dataloader_idx}_output"]
+        kinds = _kinds(_probe_model(pl_module))
         with torch.no_grad():
             self._batches.append(
-                batch_frame_sums(output, batch, self.probe, len(self.probe.backbones))
+                batch_frame_sums(output, batch, self.probe, len(self.probe.backbones), kinds)
             )
 
     def on_test_epoch_end(self, trainer, pl_module) -> None:
@@ -107,18 +158,56 @@ class SpectralMetrics(lightning.Callback):
         control = gather_frames(torch.cat([c for _, c in self._batches], dim=1))
         if trainer.global_rank != 0:
             return
-        probe_model = pl_module.model["sole_model"].model
+        probe_model = _probe_model(pl_module)
         self.report = build_report(
             head.numpy(),
             control.numpy(),
             self.probe,
             L=probe_model.backbones[0].irreps.lmax,
-            head_parameters=probe_model.heads[0].parameters_per_head,
+            head_parameters=probe_model.heads["e"][0].parameters_per_head,
             n_bootstrap=self.n_bootstrap,
             block_length=self.block_length,
             seed=self.probe.seed,
-            primary="forces" if probe_model.fit_forces else "energy",
+            kinds=_kinds(probe_model),
+            solver=_solver_summary(probe_model),
         )
         write_report(self.report, self.output_dir)
         print(format_table(self.report), flush=True)
         print(f"spectral report written to {self.output_dir}", flush=True)
+
+
+def _probe_model(pl_module):
+    return pl_module.model["sole_model"].model
+
+
+def _kinds(probe_model) -> tuple:
+    """The spectra the probe measures, forces (the primary one when there) first."""
+    return KINDS if probe_model.with_forces else ("energy",)
+
+
+def _solver_summary(probe_model) -> dict:
+    """For the report: the closed-form heads' feature count and chosen ridge strengths."""
+    summary = {}
+    for fit, per_backbone in probe_model.heads.items():
+        first = per_backbone[0]
+        if hasattr(first, "alpha"):
+            summary["features"] = first.features.num_features
+            summary["mixed_irreps"] = str(first.features.irreps_mix)
+            summary[f"alpha_{fit}"] = [heads.alpha.tolist() for heads in per_backbone]
+    return summary
+
+
+def _describe_solution(result: dict, probe_model) -> str:
+    heads = probe_model.heads["e"][0]
+    lines = [
+        f"closed form: {heads.features.num_features} features per head "
+        f"({heads.features.irreps_mix}), {result['train_frames']} training and "
+        f"{result['val_frames']} validation frames collected in {result['seconds_collect']:.1f}"
+        f" s, solved in {result['seconds_solve']:.1f} s"
+    ]
+    for fit, per_backbone in result["heads"].items():
+        for b, chosen in enumerate(per_backbone):
+            alphas = " ".join(f"{a:.0e}" for a in chosen["alpha"])
+            edge = " (some at the grid's edge)" if any(chosen["at_edge"]) else ""
+            lines.append(f"  backbone {b}, {fit} heads: ridge strengths {alphas}{edge}")
+    return "\n".join(lines)

@@ -1,58 +1,11 @@
 """Loss and metrics of all SPN heads, as a NequIP ``MetricsManager``."""
 
-from collections.abc import Callable
-from typing import NamedTuple
-
-import torch
 from nequip.data import AtomicDataDict, BaseModifier
 from nequip.train import MeanSquaredError, MetricsManager
 
-from .._keys import (
-    CONTROL_HEAD,
-    backbone_energy_key,
-    backbone_forces_key,
-    head_energy_key,
-    head_forces_key,
-    head_name,
-    injected_energy_key,
-    injected_forces_key,
-)
+from .._keys import ENERGY_FIT, FORCE_FIT, head_name
 from ..config import SpectralProbeConfig
-
-KINDS = ("forces", "energy")
-
-
-class KindFields(NamedTuple):
-    """The fields of one kind: its label, and keys of the injection, backbone and heads."""
-
-    label: str
-    injected: Callable[[int], str]  # l -> key
-    backbone: Callable[[int], str]  # backbone index -> key
-    head: Callable[[int, str], str]  # (backbone index, head name) -> key
-
-
-FIELDS = {
-    "energy": KindFields(
-        AtomicDataDict.TOTAL_ENERGY_KEY, injected_energy_key, backbone_energy_key, head_energy_key
-    ),
-    "forces": KindFields(
-        AtomicDataDict.FORCE_KEY, injected_forces_key, backbone_forces_key, head_forces_key
-    ),
-}
-
-
-def head_target(outputs, data, backbone: int, l, kind: str, target: str) -> torch.Tensor:
-    """What head ``l`` (``None``: the control head) of ``backbone`` is trained to predict.
-
-    ``residual``: the perturbed label minus the frozen backbone's prediction,
-    ``y + eps s_l - B(x)`` (``y - B(x)`` for the control head). ``injected``: ``eps s_l``
-    (zero for the control head).
-    """
-    fields = FIELDS[kind]
-    injected = 0.0 if l is None else data[fields.injected(l)]
-    if target == "injected":
-        return torch.zeros_like(data[fields.label]) + injected
-    return data[fields.label] + injected - outputs[fields.backbone(backbone)]
+from ..targets import FIELDS, head_target
 
 
 class SpectralHeadField(BaseModifier):
@@ -63,22 +16,18 @@ class SpectralHeadField(BaseModifier):
         l: the probed degree, or ``None`` for the control head
         kind: ``forces`` or ``energy``
         target: ``residual`` or ``injected``
+        fit: the head's set: ``e`` (fitted to energies) or ``f`` (energies and forces)
         per_atom: divide energies by the number of atoms
     """
 
-    def __init__(self, backbone: int, l, kind: str, target: str, per_atom: bool = False):
-        name = CONTROL_HEAD if l is None else head_name(l)
+    def __init__(self, backbone: int, l, kind: str, target: str, fit: str, per_atom=False):
+        name = head_name(l, fit)
         super().__init__(FIELDS[kind].head(backbone, name))
-        self.backbone, self.l, self.kind, self.target = backbone, l, kind, target
+        self.backbone, self.l, self.kind, self.target, self.fit = backbone, l, kind, target, fit
         self.per_atom = per_atom and kind == "energy"
         self.name = f"b{backbone}_{name}_{'per_atom_' if self.per_atom else ''}{kind}"
 
     def __call__(self, outputs, data):
-        if self.field not in outputs:
-            raise KeyError(
-                f"the probe computed no '{self.field}': with `fit_forces: false` the model "
-                "computes no head forces in training, so give the loss `forces_coeff: 0`"
-            )
         prediction = outputs[self.field]
         target = head_target(outputs, data, self.backbone, self.l, self.kind, self.target)
         target = target.to(prediction.dtype)
@@ -102,14 +51,16 @@ def SpectralProbeMetrics(
     per_atom_energy: bool = True,
     type_names=None,
 ) -> MetricsManager:
-    """Mean squared errors of every SPN head against its target, energies and forces.
+    """Mean squared errors of every SPN head against its target.
 
-    Serves as the ``loss`` and as ``val_metrics`` / ``test_metrics``; entries are named
-    ``b{backbone}_{head}_{kind}_mse`` (e.g. ``b0_l4_forces_mse``,
-    ``b0_none_per_atom_energy_mse``), so loggers and the progress bar show each ``l``. As in
-    NequIP's ``EnergyForceLoss``, energies are per atom by default (per-frame energy errors
-    would outweigh force errors by the square of the atom count). A kind whose coefficient is
-    zero is left out.
+    Serves as the ``loss`` and as ``val_metrics`` / ``test_metrics``. The energy spectrum's
+    heads (``e``) are fitted to energies alone; the force spectrum's (``f``, with
+    ``spectral_probe.force_spectrum``) to energies and forces, weighted by ``energy_coeff``
+    and ``forces_coeff`` (the closed-form solver reads these weights from here too). Entries
+    are named ``b{backbone}_{head}_{kind}_mse`` (e.g. ``b0_f_l4_forces_mse``,
+    ``b0_e_none_per_atom_energy_mse``). As in NequIP's ``EnergyForceLoss``, energies are per
+    atom by default (per-frame energy errors would outweigh force errors by the square of the
+    atom count).
 
     .. code-block:: yaml
 
@@ -122,26 +73,36 @@ def SpectralProbeMetrics(
 
     Args:
         probe: the ``spectral_probe:`` block
-        energy_coeff: weight of the energy MSEs in ``weighted_sum``
-        forces_coeff: weight of the force MSEs in ``weighted_sum``
+        energy_coeff: weight of the force spectrum's energy MSEs
+        forces_coeff: weight of the force spectrum's force MSEs
         per_atom_energy: compare energies per atom
         type_names: passed by NequIP (unused)
     """
     probe = SpectralProbeConfig.from_block(probe)
-    coeffs = {"forces": forces_coeff, "energy": energy_coeff}
+    coeffs = {(ENERGY_FIT, "energy"): 1.0}
+    if probe.force_spectrum:
+        coeffs.update({(FORCE_FIT, "energy"): energy_coeff, (FORCE_FIT, "forces"): forces_coeff})
     metrics = []
     for backbone in range(len(probe.backbones)):
         for l in [*probe.l_values, None]:
-            for kind in KINDS:
-                if coeffs[kind] == 0:
+            for (fit, kind), coeff in coeffs.items():
+                if coeff == 0:
                     continue
-                field = SpectralHeadField(backbone, l, kind, probe.target, per_atom_energy)
+                field = SpectralHeadField(backbone, l, kind, probe.target, fit, per_atom_energy)
                 metrics.append(
-                    {
-                        "name": f"{field}_mse",
-                        "field": field,
-                        "coeff": coeffs[kind],
-                        "metric": MeanSquaredError(),
-                    }
-                )
+                    {"name": f"{field}_mse", "field": field, "coeff": coeff,
+                     "metric": MeanSquaredError()}
+                )  # fmt: skip
     return MetricsManager(metrics, type_names=type_names)
+
+
+def force_fit_weights(loss: MetricsManager) -> tuple[float, float]:
+    """The weights of energies and forces in the force spectrum's loss (``(1, 0)`` if none)."""
+    weights = {"energy": 0.0, "forces": 0.0}
+    for entry in loss.entries.values():
+        field = entry.field
+        if isinstance(field, SpectralHeadField) and field.fit == FORCE_FIT:
+            weights[field.kind] = float(entry.coeff or 0.0)
+    if weights == {"energy": 0.0, "forces": 0.0}:
+        return 1.0, 0.0
+    return weights["energy"], weights["forces"]

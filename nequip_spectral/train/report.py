@@ -8,49 +8,62 @@ import numpy as np
 import torch
 from nequip.data import AtomicDataDict
 
-from .._keys import CONTROL_HEAD, head_name
+from .._keys import SPECTRUM_FIT, head_name
 from ..config import SpectralProbeConfig
+from ..targets import FIELDS, KINDS, head_target
 from ..theory.metrics import frame_sums, hierarchical_bootstrap, spectrum
-from .metrics import FIELDS, KINDS, head_target
 
 REPORT_FILES = ("spectral_report.json", "spectral_report.csv", "spectral_report.png")
 _Y_RANGE = (-1.0, 1.5)  # the plot's axes; values beyond are drawn on the edge
 METRICS = ("rho", "R2_inj", "gain")
+QUESTIONS = {  # what each spectrum's heads were fitted to, and so what its numbers answer
+    "energy": "heads fitted to energies alone: how much of the injected degree-l energy is a "
+    "degree-d_r function of the tapped features",
+    "forces": "heads fitted to energies and forces: how much of the injected degree-l force "
+    "field is the gradient of such a function, through the backbone's Jacobian",
+}
 
 
-def batch_frame_sums(outputs, data, probe: SpectralProbeConfig, num_backbones: int):
-    """Per-frame sums of one test batch (see :mod:`nequip_spectral.theory.metrics`).
+def batch_frame_sums(outputs, data, probe: SpectralProbeConfig, num_backbones: int, kinds):
+    """Per-frame sums of one test batch (see :mod:`nequip_spectral.theory.metrics`), on the CPU.
+
+    Each kind is read from the heads of its spectrum: energies from the ``e`` heads, forces
+    from the ``f`` heads.
 
     Returns:
         ``head`` of shape ``(backbones, frames, kinds, l_values, 6)`` and ``control`` of shape
-        ``(backbones, frames, kinds, 3)``, kinds in the order of ``KINDS`` (forces, energy)
+        ``(backbones, frames, kinds, 3)``, kinds in the order of ``kinds``
     """
     num_frames = AtomicDataDict.num_frames(data)
+    positions = data[AtomicDataDict.POSITIONS_KEY]
     atoms_frame = data.get(AtomicDataDict.BATCH_KEY)
     if atoms_frame is None:
-        atoms_frame = torch.zeros(len(data[AtomicDataDict.POSITIONS_KEY]), dtype=torch.long)
-    frame_of = {"forces": atoms_frame, "energy": torch.arange(num_frames)}
+        atoms_frame = torch.zeros(len(positions), dtype=torch.long, device=positions.device)
+    frame_of = {
+        "forces": atoms_frame,
+        "energy": torch.arange(num_frames, device=positions.device),
+    }
 
     heads, controls = [], []
     for b in range(num_backbones):
         head_b, control_b = [], []
-        for kind in KINDS:
-            control_output = outputs[FIELDS[kind].head(b, CONTROL_HEAD)].detach()
+        for kind in kinds:
+            fit = SPECTRUM_FIT[kind]
+            control_output = outputs[FIELDS[kind].head(b, head_name(None, fit))].detach()
             if probe.target == "injected":  # yhat_none = 0, so G_none = 0
                 control_output = torch.zeros_like(control_output)
             control_target = head_target(outputs, data, b, None, kind, probe.target)
             zero = torch.zeros_like(control_output)
-            control_b.append(
-                frame_sums(control_target, control_output, zero, zero, frame_of[kind], num_frames)[
-                    :, :3
-                ]
+            control_sums = frame_sums(
+                control_target, control_output, zero, zero, frame_of[kind], num_frames
             )
+            control_b.append(control_sums[:, :3])
             head_b.append(
                 torch.stack(
                     [
                         frame_sums(
                             head_target(outputs, data, b, l, kind, probe.target),
-                            outputs[FIELDS[kind].head(b, head_name(l))].detach(),
+                            outputs[FIELDS[kind].head(b, head_name(l, fit))].detach(),
                             control_output,
                             data[FIELDS[kind].injected(l)],
                             frame_of[kind],
@@ -63,11 +76,22 @@ def batch_frame_sums(outputs, data, probe: SpectralProbeConfig, num_backbones: i
             )
         heads.append(torch.stack(head_b, dim=1))
         controls.append(torch.stack(control_b, dim=1))
-    return torch.stack(heads), torch.stack(controls)
+    return torch.stack(heads).cpu(), torch.stack(controls).cpu()
 
 
 def _finite(x):
     return None if x is None or not np.isfinite(x) else float(x)
+
+
+def _json_safe(value):
+    """The report with every non-finite number as ``None`` (``null``: standard JSON)."""
+    if isinstance(value, dict):
+        return {key: _json_safe(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_safe(item) for item in value]
+    if isinstance(value, (float, np.floating)):
+        return _finite(value)
+    return value
 
 
 def build_report(
@@ -79,7 +103,8 @@ def build_report(
     n_bootstrap: int = 2000,
     block_length: int = 10,
     seed: int = 0,
-    primary: str = "forces",
+    kinds=KINDS,
+    solver: dict | None = None,
 ) -> dict:
     """The report dictionary (``spectral_report.json``) from the per-frame sums of the test set.
 
@@ -87,13 +112,15 @@ def build_report(
         head: ``(backbones, frames, kinds, l_values, 6)`` per-frame head sums
         control: ``(backbones, frames, kinds, 3)`` per-frame control sums
         L: degree of the tapped features
-        head_parameters: trainable parameters of one SPN head
-        primary: the kind behind ``rho``, the cliff and the bootstrap: ``forces``, or
-            ``energy`` for heads trained on energies only (their forces were never fitted)
+        head_parameters: trainable parameters (closed form: features) of one SPN head
+        kinds: the spectra measured, in the order of the sums' kind axis; the first one
+            (forces when measured) is behind ``rho``, the cliff and the bootstrap
+        solver: what the solver reports (closed form: the ridge strength of every head)
     """
+    primary = kinds[0]
     per_kind = {
         kind: spectrum(head[:, :, k].sum(1), control[:, :, k].sum(1))  # (backbones, l)
-        for k, kind in enumerate(KINDS)
+        for k, kind in enumerate(kinds)
     }
 
     def per_l(values_of):  # {"4": {"rho": .., "R2_inj_forces": .., ...}}
@@ -102,7 +129,9 @@ def build_report(
             row = {"rho": _finite(values_of("rho", primary)[i])}
             for metric in METRICS:
                 for kind in KINDS:
-                    row[f"{metric}_{kind}"] = _finite(values_of(metric, kind)[i])
+                    row[f"{metric}_{kind}"] = (
+                        _finite(values_of(metric, kind)[i]) if kind in per_kind else None
+                    )
             table[str(l)] = row
         return table
 
@@ -116,6 +145,8 @@ def build_report(
         "n_test_frames": int(head.shape[1]),
         "target": probe.target,
         "primary": primary,
+        "spectra": {kind: QUESTIONS[kind] for kind in kinds},
+        "solver": {"name": probe.solver, **(solver or {})},
         "amplitude": probe.amplitude,
         "channels": probe.channels,
         "activation": probe.activation,
@@ -139,17 +170,16 @@ def build_report(
             "ratio": rho_a / rho_b if defined else None,
             "note": None if defined else "not defined: rho_above <= 0",
         }
-        kind = KINDS.index(primary)
         bootstrap = hierarchical_bootstrap(
-            head[:, :, kind],
-            control[:, :, kind],
+            head[:, :, 0],
+            control[:, :, 0],
             probe.l_values.index(boundary),
             probe.l_values.index(above),
             n_replicates=n_bootstrap,
             block_length=block_length,
             seed=seed,
         )
-        report.update(bootstrap)
+        report.update(_json_safe(bootstrap))
     else:
         report["cliff"] = {"note": f"l_values must contain {boundary} and {above}"}
     return report
@@ -166,7 +196,7 @@ def format_table(report: dict) -> str:
         f"{'gain_E':>10}",
     ]
 
-    def cell(value, width, digits):
+    def cell(value, width=0, digits=3):
         return f"{'n/a':>{width}}" if value is None else f"{value:>{width}.{digits}f}"
 
     for l, row in report["per_l"].items():
@@ -182,14 +212,15 @@ def format_table(report: dict) -> str:
         lines.append(
             f"cliff rho({report['boundary']}) / rho({report['boundary'] + 1}) = "
             + (f"{ratio:.1f}" if ratio is not None else f"n/a ({cliff['note']})")
-            + f"  [rho {cliff['rho_boundary']:.3f} -> {cliff['rho_above']:.3f}]"
+            + f"  [rho {cell(cliff['rho_boundary'])} -> {cell(cliff['rho_above'])}]"
         )
         for name in ("delta", "rho_diff"):
             stats = report[name]
             low, high = stats["ci95"]
             lines.append(
-                f"{name} ({report['primary']}) = {stats['mean']:.4g}, 95% CI [{low:.4g}, "
-                f"{high:.4g}], fraction <= 0: {stats['frac_le_0']:.3f}"
+                f"{name} ({report['primary']}) = {cell(stats['mean'], 0, 4)}, 95% CI "
+                f"[{cell(low, 0, 4)}, {cell(high, 0, 4)}], fraction <= 0: "
+                f"{cell(stats['frac_le_0'])}"
             )
     return "\n".join(lines)
 
@@ -198,7 +229,7 @@ def write_report(report: dict, output_dir) -> None:
     """Write ``spectral_report.json``, ``.csv`` (a row per backbone and ``l``) and ``.png``."""
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
-    (output_dir / REPORT_FILES[0]).write_text(json.dumps(report, indent=2))
+    (output_dir / REPORT_FILES[0]).write_text(json.dumps(_json_safe(report), indent=2))
     columns = [f"{m}_{kind}" for m in METRICS for kind in KINDS]
     with open(output_dir / REPORT_FILES[1], "w", newline="") as f:
         writer = csv.writer(f)

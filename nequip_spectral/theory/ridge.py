@@ -1,0 +1,217 @@
+r"""Ridge regression of linear heads on per-frame energies and force components, in closed form.
+
+Every SPN head of the closed-form solver is :math:`E_h = \sum_k w_{kh} \Phi_k + \sum_s c_{sh}
+N_s`, linear in its weights: :math:`\Phi_k` are the polynomial features summed over the readout
+atoms and :math:`N_s` the readout atoms of type :math:`s` (an unpenalized per-type intercept).
+The weighted loss of the probe,
+
+.. math::
+
+    \mathcal{L}_h(w, c) = \frac{c_E}{n_E} \sum_{\text{frames}} \left(\frac{E_h - t^E_h}{N}
+    \right)^2 + \frac{c_F}{n_F} \sum_{\text{force components}} (F_h - t^F_h)^2
+    + \alpha \lVert D w \rVert^2,
+
+is a ridge regression. Its data are kept as :class:`LeastSquaresData`: the energy rows
+themselves (one per frame, :math:`K` numbers) and the force rows' normal equations
+:math:`\sum g g^\top`, :math:`\sum g\, t^F` (force rows come from a few random directions per
+frame, see :func:`sketch_directions`). :func:`solve_ridge` partials out the intercept, scales
+the features to a unit diagonal (:math:`D`), and solves for every :math:`\alpha` of a grid at
+once from one eigendecomposition (of the :math:`K \times K` normal matrix, or of the
+frames' Gram matrix when there are fewer energy rows than features and no force rows); each
+head keeps the :math:`\alpha` with the lowest loss on the validation data.
+"""
+
+import dataclasses
+import hashlib
+
+import numpy as np
+import torch
+
+ALPHAS = 10.0 ** np.arange(-9.0, 3.01, 0.5)  # relative to the mean eigenvalue (1 after scaling)
+
+
+@dataclasses.dataclass
+class LeastSquaresData:
+    """What one split contributes to the loss of ``num_heads`` linear heads (float64).
+
+    Attributes:
+        energy_rows: ``(frames, K)`` per-atom features :math:`\\Phi / N`
+        energy_types: ``(frames, types)`` readout atoms per type over :math:`N`
+        energy_targets: ``(frames, heads)`` per-atom energy targets :math:`t^E / N`
+        force_gram: ``(K, K)`` :math:`\\sum g g^\\top` over the force rows
+        force_moment: ``(K, heads)`` :math:`\\sum g\\, t^F`
+        force_square: ``(heads,)`` :math:`\\sum (t^F)^2`
+        force_components: number of force components the force rows stand for
+    """
+
+    energy_rows: torch.Tensor
+    energy_types: torch.Tensor
+    energy_targets: torch.Tensor
+    force_gram: torch.Tensor
+    force_moment: torch.Tensor
+    force_square: torch.Tensor
+    force_components: torch.Tensor
+
+    @classmethod
+    def empty(cls, num_features: int, num_types: int, num_heads: int) -> "LeastSquaresData":
+        zeros = torch.zeros
+        return cls(
+            zeros(0, num_features, dtype=torch.float64),
+            zeros(0, num_types, dtype=torch.float64),
+            zeros(0, num_heads, dtype=torch.float64),
+            zeros(num_features, num_features, dtype=torch.float64),
+            zeros(num_features, num_heads, dtype=torch.float64),
+            zeros(num_heads, dtype=torch.float64),
+            zeros((), dtype=torch.float64),
+        )
+
+    def add_energies(self, rows, types, targets) -> None:
+        self.energy_rows = torch.cat([self.energy_rows, rows.double().cpu()])
+        self.energy_types = torch.cat([self.energy_types, types.double().cpu()])
+        self.energy_targets = torch.cat([self.energy_targets, targets.double().cpu()])
+
+    def add_forces(self, rows, targets, components: int) -> None:
+        """Force rows ``(m, K)`` with targets ``(m, heads)``, standing for ``components``."""
+        rows, targets = rows.double(), targets.double()
+        self.force_gram += (rows.T @ rows).cpu()
+        self.force_moment += (rows.T @ targets).cpu()
+        self.force_square += targets.square().sum(0).cpu()
+        self.force_components += components
+
+    def all_ranks(self) -> "LeastSquaresData":
+        """Every rank's data together (itself without DDP): rows joined, sums added."""
+        if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+            return self
+        parts = [None] * torch.distributed.get_world_size()
+        torch.distributed.all_gather_object(parts, self)
+        fields = dataclasses.fields(self)
+        return LeastSquaresData(
+            *[
+                torch.cat([getattr(p, f.name) for p in parts])
+                if f.name.startswith("energy")
+                else sum(getattr(p, f.name) for p in parts)
+                for f in fields
+            ]
+        )
+
+    @property
+    def num_frames(self) -> int:
+        return self.energy_rows.shape[0]
+
+
+def sketch_directions(num_atoms: int, count: int, key: bytes) -> torch.Tensor:
+    r"""``(min(count, 3N), N, 3)`` random orthonormal directions scaled by :math:`\sqrt{3N/S}`.
+
+    :math:`\sum_s (v_s \cdot F)^2` is then an unbiased estimate of :math:`\lVert F \rVert^2` for
+    every :math:`F`, and exact (any orthonormal basis) when ``count >= 3N``. The directions
+    are drawn from a seed hashed from ``key`` (a frame's content and the probe seed), so they
+    do not depend on the order, batch or rank a frame comes in.
+    """
+    dim = 3 * num_atoms
+    if count >= dim:
+        return torch.eye(dim, dtype=torch.float64).view(dim, num_atoms, 3)
+    seed = int.from_bytes(hashlib.blake2b(key, digest_size=8).digest(), "little") >> 1
+    generator = torch.Generator().manual_seed(seed)
+    gaussian = torch.randn(dim, count, generator=generator, dtype=torch.float64)
+    basis = torch.linalg.qr(gaussian)[0]  # (3N, S), orthonormal columns
+    return (basis.T * (dim / count) ** 0.5).view(count, num_atoms, 3)
+
+
+@dataclasses.dataclass
+class RidgeSolution:
+    """The solved heads and how their ridge strengths were chosen.
+
+    Attributes:
+        weights: ``(K, heads)`` feature weights :math:`w`
+        intercepts: ``(types, heads)`` per-type energies :math:`c`
+        alpha: ``(heads,)`` the chosen ridge strengths
+        at_edge: ``(heads,)`` whether a chosen strength is the grid's first or last
+        validation_loss: ``(alphas, heads)`` the loss on the validation data
+    """
+
+    weights: torch.Tensor
+    intercepts: torch.Tensor
+    alpha: np.ndarray
+    at_edge: np.ndarray
+    validation_loss: np.ndarray
+
+
+def _intercept_projector(types: torch.Tensor) -> torch.Tensor:
+    """``(types, frames)``: the least-squares intercept of any targets, ``pinv(U)``."""
+    return torch.linalg.pinv(types)
+
+
+def _loss(data, weights, intercepts, energy_coeff, forces_coeff) -> torch.Tensor:
+    """``(heads,)`` the probe's loss (without the penalty) of linear heads on ``data``."""
+    loss = torch.zeros(weights.shape[-1], dtype=torch.float64)
+    if energy_coeff and data.num_frames:
+        error = data.energy_rows @ weights + data.energy_types @ intercepts - data.energy_targets
+        loss += energy_coeff * error.square().mean(0)
+    if forces_coeff and data.force_components:
+        quadratic = (weights * (data.force_gram @ weights)).sum(0)
+        linear = (weights * data.force_moment).sum(0)
+        loss += forces_coeff * (quadratic - 2 * linear + data.force_square) / data.force_components
+    return loss
+
+
+def solve_ridge(
+    train: LeastSquaresData,
+    validation: LeastSquaresData,
+    energy_coeff: float = 1.0,
+    forces_coeff: float = 1.0,
+    alphas: np.ndarray = ALPHAS,
+) -> RidgeSolution:
+    """The ridge solution of every head, its strength chosen on ``validation`` (module doc).
+
+    Args:
+        train, validation: the two splits' data
+        energy_coeff, forces_coeff: the loss weights of energies and forces; a zero drops the
+            kind (``forces_coeff = 0``: the energy spectrum's question)
+        alphas: the grid of ridge strengths (relative: the scaled normal matrix has a unit
+            diagonal)
+    """
+    use_forces = bool(forces_coeff) and float(train.force_components) > 0
+    if not energy_coeff and not use_forces:
+        raise ValueError("solve_ridge: nothing to fit (no energy weight and no force rows)")
+    # the intercept fits energies only; partial it out of the energy rows (Frisch-Waugh)
+    projector = _intercept_projector(train.energy_types)
+    rows = train.energy_rows - train.energy_types @ (projector @ train.energy_rows)
+    targets = train.energy_targets - train.energy_types @ (projector @ train.energy_targets)
+    energy_weight = energy_coeff / max(train.num_frames, 1)
+    force_weight = forces_coeff / float(train.force_components) if use_forces else 0.0
+    diagonal = energy_weight * rows.square().sum(0) + force_weight * train.force_gram.diagonal()
+    scale = torch.where(diagonal > 0, diagonal.sqrt(), torch.ones_like(diagonal))
+    moment = (energy_weight * rows.T @ targets + force_weight * train.force_moment) / scale[:, None]
+
+    scaled = rows * (energy_weight**0.5 / scale)  # energy rows of the unit-diagonal problem
+    if not use_forces and scaled.shape[0] < scaled.shape[1]:  # fewer frames than features
+        eigenvalues, eigenvectors = torch.linalg.eigh(scaled @ scaled.T)
+        keep = eigenvalues > eigenvalues.max() * 1e-14
+        eigenvalues = eigenvalues[keep]
+        basis = scaled.T @ eigenvectors[:, keep] / eigenvalues.sqrt()  # the same eigenvectors
+    else:
+        gram = scaled.T @ scaled + force_weight * train.force_gram / scale[:, None] / scale
+        eigenvalues, basis = torch.linalg.eigh(gram)
+    projected = basis.T @ moment  # (modes, heads)
+
+    def solution(alpha):
+        weights = basis @ (projected / (eigenvalues.clamp(min=0) + alpha)[:, None]) / scale[:, None]
+        intercepts = projector @ (train.energy_targets - train.energy_rows @ weights)
+        return weights, intercepts
+
+    losses = np.stack(
+        [
+            _loss(validation, *solution(alpha), energy_coeff, forces_coeff * use_forces).numpy()
+            for alpha in alphas
+        ]
+    )
+    best = losses.argmin(0)
+    weights, intercepts = zip(*(solution(alphas[i]) for i in best), strict=True)
+    heads = range(len(best))
+    return RidgeSolution(
+        weights=torch.stack([weights[h][:, h] for h in heads], 1),
+        intercepts=torch.stack([intercepts[h][:, h] for h in heads], 1),
+        alpha=np.asarray(alphas)[best],
+        at_edge=(best == 0) | (best == len(alphas) - 1),
+        validation_loss=losses,
+    )

@@ -1,0 +1,233 @@
+"""The closed-form solver: its features, its ridge solution, and the heads it loads."""
+
+import socket
+
+import pytest
+import torch
+import torch.multiprocessing as mp
+from e3nn import o3
+from test_probe import TYPE_NAMES, aspirin_batch, aspirin_frames, build, irreps_up_to
+
+from nequip_spectral._keys import ENERGY_FIT, FORCE_FIT
+from nequip_spectral.nn import SPNHeads
+from nequip_spectral.nn.polynomial import PolynomialFeatures
+from nequip_spectral.theory.ridge import (
+    ALPHAS,
+    LeastSquaresData,
+    sketch_directions,
+    solve_ridge,
+)
+from nequip_spectral.train import SpectralProbeMetrics
+from nequip_spectral.train.closed_form import collect, solve_heads
+
+
+@pytest.mark.parametrize("L, degree", [(1, 1), (2, 1), (1, 2), (2, 2), (1, 3), (2, 3)])
+def test_features_span_every_sgd_head(L, degree):
+    """The closed form optimizes over a superset of the gradient-descent heads' class."""
+    torch.manual_seed(L + 10 * degree)
+    irreps = irreps_up_to(L)
+    head = SPNHeads(irreps, 1, degree, channels=2)
+    features = PolynomialFeatures(irreps, degree, feature_budget=10**6)
+    x = irreps.randn(4000, -1)
+    n = torch.nn.functional.normalize(torch.randn(4000, 3), dim=1)
+    harmonics = o3.spherical_harmonics(head.irreps_harmonics, n, True)
+    target = head(x, harmonics)[0]
+    phi = features(x, harmonics)
+    fit = torch.linalg.lstsq(phi, target[:, None], driver="gelsd").solution[:, 0]
+    assert (phi @ fit - target).norm() < 1e-10 * target.norm()
+
+
+def test_feature_count_and_the_mix_to_the_budget():
+    irreps = o3.Irreps("16x0e+16x1e+16x1o+16x2e+16x2o")  # NequIP's tap at l_max 2
+    full = PolynomialFeatures(irreps, 2, feature_budget=8000)
+    # 3 x 16 linear; 11 coupling paths between two blocks (256 pairs each), 11 of a block
+    # with itself (136 pairs u <= v each)
+    assert full.num_features == 48 + 11 * 256 + 11 * 136 and not full.mixed
+    mixed = PolynomialFeatures(irreps, 3, feature_budget=8000)
+    assert mixed.mixed and mixed.num_features <= 8000
+    assert PolynomialFeatures(irreps, 3, 8000, seed=1).mix_0.shape == mixed.mix_0.shape
+    with pytest.raises(ValueError, match=r"spectral_probe\.feature_budget"):
+        PolynomialFeatures(irreps, 2, feature_budget=10)
+
+
+def random_system(frames, num_features=12, num_heads=3, force_rows=0, seed=0):
+    """A random linear problem: one truth for every ``seed``, samples and noise of its own."""
+    truth = torch.Generator().manual_seed(123)
+    energy_truth = torch.randn(4, num_heads, generator=truth, dtype=torch.float64)
+    force_truth = torch.randn(4, num_heads, generator=truth, dtype=torch.float64)
+    generator = torch.Generator().manual_seed(seed)
+
+    def randn(*shape):
+        return torch.randn(*shape, generator=generator, dtype=torch.float64)
+
+    data = LeastSquaresData.empty(num_features, 2, num_heads)
+    rows = randn(frames, num_features) * torch.logspace(-1, 1, num_features, dtype=torch.float64)
+    types = torch.rand(frames, 2, generator=generator, dtype=torch.float64)
+    data.add_energies(rows, types, rows[:, :4] @ energy_truth + 0.3 * randn(frames, num_heads))
+    if force_rows:
+        rows = randn(force_rows, num_features)
+        targets = rows[:, 2:6] @ force_truth + 0.3 * randn(force_rows, num_heads)
+        data.add_forces(rows, targets, force_rows)
+    return data
+
+
+def penalized_problem(data, alpha, energy_coeff, forces_coeff):
+    """The loss as an explicit least-squares system: rows, targets (intercept partialled out)."""
+    projector = torch.eye(data.num_frames, dtype=torch.float64) - data.energy_types @ (
+        torch.linalg.pinv(data.energy_types)
+    )
+    energy = (energy_coeff / data.num_frames) ** 0.5
+    rows = [energy * projector @ data.energy_rows]
+    targets = [energy * projector @ data.energy_targets]
+    if forces_coeff:
+        force = forces_coeff / float(data.force_components)
+        # force rows from their normal equations: G = R^T R with R = G^(1/2)
+        values, vectors = torch.linalg.eigh(data.force_gram)
+        root = vectors @ torch.diag(values.clamp(min=0).sqrt()) @ vectors.T
+        rows.append(force**0.5 * root)
+        targets.append(force**0.5 * torch.linalg.pinv(root) @ data.force_moment)
+    rows, targets = torch.cat(rows), torch.cat(targets)
+    scale = rows.square().sum(0).sqrt()
+    penalty = torch.diag(scale) * alpha**0.5
+    return rows, targets, penalty
+
+
+@pytest.mark.parametrize("frames, force_rows", [(40, 0), (8, 0), (20, 60)])
+def test_solution_is_the_ridge_argmin(frames, force_rows):
+    """Brute-force lstsq of the penalized system, and a zero gradient, at the chosen alpha;
+    fewer frames than features (8 < 12) goes through the dual and must agree."""
+    train = random_system(frames, force_rows=force_rows)
+    validation = random_system(30, force_rows=force_rows, seed=1)
+    coeffs = (1.0, 1.0 if force_rows else 0.0)
+    solution = solve_ridge(train, validation, *coeffs)
+    rows, targets, penalty = penalized_problem(train, 1.0, *coeffs)
+    for h, alpha in enumerate(solution.alpha):
+        system = torch.cat([rows, penalty * alpha**0.5])
+        rhs = torch.cat([targets[:, h], torch.zeros(len(penalty), dtype=torch.float64)])
+        brute = torch.linalg.lstsq(system, rhs[:, None], driver="gelsd").solution[:, 0]
+        weights = solution.weights[:, h]
+        assert torch.allclose(weights, brute, rtol=1e-8, atol=1e-10)
+        gradient = system.T @ (system @ weights - rhs)
+        assert gradient.abs().max() < 1e-10 * (system.T @ rhs).abs().max()
+    if frames > 12:  # well posed: the validation frames choose inside the grid
+        assert not solution.at_edge.any()
+    chosen = [list(ALPHAS).index(alpha) for alpha in solution.alpha]
+    assert (solution.validation_loss.argmin(0) == chosen).all()
+
+
+def test_all_heads_at_once_equal_each_head_alone():
+    train, validation = random_system(50, force_rows=80), random_system(30, force_rows=40, seed=1)
+    together = solve_ridge(train, validation, 1.0, 0.5)
+    for h in range(3):
+
+        def alone(data, h=h):
+            return LeastSquaresData(
+                data.energy_rows, data.energy_types, data.energy_targets[:, h : h + 1],
+                data.force_gram, data.force_moment[:, h : h + 1], data.force_square[h : h + 1],
+                data.force_components,
+            )  # fmt: skip
+
+        single = solve_ridge(alone(train), alone(validation), 1.0, 0.5)
+        assert single.alpha[0] == together.alpha[h]
+        assert torch.allclose(single.weights[:, 0], together.weights[:, h], rtol=1e-10)
+        assert torch.allclose(single.intercepts[:, 0], together.intercepts[:, h], rtol=1e-10)
+
+
+def test_sketch_directions_are_exact_or_unbiased():
+    exact = sketch_directions(3, 100, b"frame").flatten(1)
+    assert torch.equal(exact.T @ exact, torch.eye(9, dtype=torch.float64))
+    one = sketch_directions(5, 4, b"a").flatten(1)  # 4 orthogonal directions of length^2 15/4
+    assert torch.allclose(one @ one.T, torch.eye(4, dtype=torch.float64) * 15 / 4)
+    assert torch.equal(one, sketch_directions(5, 4, b"a").flatten(1))  # a frame's own seed
+    mean = sum(
+        (v := sketch_directions(5, 4, bytes([i, j])).flatten(1)).T @ v
+        for i in range(40) for j in range(50)
+    ) / 2000  # fmt: skip
+    assert torch.allclose(mean, torch.eye(15, dtype=torch.float64), atol=0.1)
+
+
+@pytest.fixture(scope="module")
+def solved(tiny_backbone, aspirin_atoms):
+    """A closed-form probe on the tiny backbone, its data collected with every force component."""
+    probe = {"backbones": [tiny_backbone["ckpt"]], "l_values": [1, 4, 5],
+             "force_directions": 1000}  # fmt: skip
+    model = build(probe)
+    backbone = model.model.backbones[0].model
+    before = {k: v.clone() for k, v in backbone.state_dict().items()}
+    train = collect(model.model, [aspirin_frames(aspirin_atoms[:6], probe)], 4, "cpu")
+    validation = collect(model.model, [aspirin_frames(aspirin_atoms[6:8], probe)], 4, "cpu")
+    for key, value in backbone.state_dict().items():  # bitwise frozen
+        assert torch.equal(value, before[key]), key
+    return probe, model, train, validation
+
+
+def test_solved_heads_minimize_the_probes_own_loss(solved, aspirin_atoms):
+    """At a vanishing ridge strength, the gradient of the training loss (exact forces through
+    the backbone, as gradient descent sees it) vanishes at the solved weights."""
+    probe, model, train, validation = solved
+    assert [data.num_frames for data in train[ENERGY_FIT] + train[FORCE_FIT]] == [6, 6]
+    assert float(train[FORCE_FIT][0].force_components) == 6 * 3 * 21  # every component
+    solve_heads(model.model, train, validation, 1.0, 1.0, alphas=[1e-10])
+    loss = SpectralProbeMetrics(probe, type_names=TYPE_NAMES)
+    batch = aspirin_batch(aspirin_atoms[:6], probe)
+    model.train()
+
+    def gradient(weights):
+        return torch.autograd.grad(loss(model(batch), batch)["weighted_sum"], weights)[0]
+
+    for fit in (ENERGY_FIT, FORCE_FIT):
+        weights = model.model.heads[fit][0].weights
+        at_solution = gradient(weights)
+        with torch.no_grad():
+            solution = weights.clone()
+            weights.zero_()
+        at_zero = gradient(weights)
+        with torch.no_grad():
+            weights.copy_(solution)
+        assert at_solution.abs().max() < 1e-6 * at_zero.abs().max(), fit
+
+
+def test_same_data_gives_bitwise_the_same_heads(solved, aspirin_atoms):
+    probe, model, train, validation = solved
+    other = build(probe)
+    again = collect(other.model, [aspirin_frames(aspirin_atoms[:6], probe)], 4, "cpu")
+    for fit in model.model.fits:
+        for name in ("energy_rows", "energy_targets", "force_gram", "force_moment"):
+            assert torch.equal(getattr(again[fit][0], name), getattr(train[fit][0], name)), name
+    solve_heads(other.model, again, validation, 1.0, 1.0)
+    solve_heads(model.model, train, validation, 1.0, 1.0)
+    for a, b in zip(model.state_dict().values(), other.state_dict().values(), strict=True):
+        assert torch.equal(a, b)
+
+
+def _ddp_worker(rank, world, port, parts, validation, results):
+    torch.distributed.init_process_group(
+        "gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world
+    )
+    joined = parts[rank].all_ranks()
+    solution = solve_ridge(joined, validation, 1.0, 1.0)
+    if rank == 0:
+        results.put((solution.weights.numpy(), solution.intercepts.numpy()))  # not shared memory
+    torch.distributed.destroy_process_group()
+
+
+def test_two_ddp_processes_equal_one():
+    parts = [random_system(25, force_rows=30, seed=s) for s in (2, 3)]
+    validation = random_system(30, force_rows=30, seed=1)
+    joined = LeastSquaresData.empty(12, 2, 3)
+    for part in parts:
+        joined.add_energies(part.energy_rows, part.energy_types, part.energy_targets)
+        joined.force_gram += part.force_gram
+        joined.force_moment += part.force_moment
+        joined.force_square += part.force_square
+        joined.force_components += part.force_components
+    single = solve_ridge(joined, validation, 1.0, 1.0)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    results = mp.get_context("spawn").Queue()
+    mp.start_processes(_ddp_worker, args=(2, port, parts, validation, results), nprocs=2,
+                       start_method="spawn")  # fmt: skip
+    weights, intercepts = map(torch.from_numpy, results.get(timeout=60))
+    assert torch.allclose(weights, single.weights, rtol=1e-10, atol=1e-12)
+    assert torch.allclose(intercepts, single.intercepts, rtol=1e-10, atol=1e-12)
