@@ -69,7 +69,7 @@ class SpectralProbeConfig:
         solver: closed_form
         force_spectrum: true
         feature_budget: 8000
-        force_directions: 16
+        force_directions: null
         feature_tap: auto
         seed: 0
 
@@ -91,8 +91,8 @@ class SpectralProbeConfig:
         force_spectrum: also fit heads to energies and forces (the force spectrum); the
           energy spectrum (heads fitted to energies alone) is always computed
         feature_budget: ``closed_form``: the most polynomial features per head
-        force_directions: ``closed_form``: random force directions per training frame
-          (a sketch of the ``3N`` force components; all of them when ``>= 3N``)
+        force_directions: ``closed_form``: ``null`` fits every force component; a number
+          ``S`` fits ``S`` random directions per frame instead (a sketch, for large systems)
         feature_tap: which backbone features the SPN reads (``auto``)
         seed: seed of the marked directions and the SPN weights
     """
@@ -112,7 +112,7 @@ class SpectralProbeConfig:
     solver: str = "closed_form"
     force_spectrum: bool = True
     feature_budget: int = 8000
-    force_directions: int = 16
+    force_directions: int | None = None
     feature_tap: str = "auto"
     seed: int = 0
 
@@ -187,11 +187,19 @@ class SpectralProbeConfig:
             _fail("readout", f"must be one of {list(_READOUTS)}, got {self.readout!r}")
         if self.solver not in _SOLVERS:
             _fail("solver", f"must be one of {list(_SOLVERS)}, got {self.solver!r}")
+        if self.activation is not None and self.solver == "closed_form":
+            _fail(
+                "activation",
+                "'gate' needs solver: sgd (a gated head is not linear in its weights, so it "
+                "has no closed form)",
+            )
         if not isinstance(self.force_spectrum, bool):
             _fail("force_spectrum", f"must be true or false, got {self.force_spectrum!r}")
-        for key in ("feature_budget", "force_directions"):
-            if not _is_int(getattr(self, key)) or getattr(self, key) < 1:
-                _fail(key, f"must be a positive integer, got {getattr(self, key)!r}")
+        if not _is_int(self.feature_budget) or self.feature_budget < 1:
+            _fail("feature_budget", f"must be a positive integer, got {self.feature_budget!r}")
+        directions = self.force_directions
+        if directions is not None and (not _is_int(directions) or directions < 1):
+            _fail("force_directions", f"must be null (all) or positive, got {directions!r}")
         if not isinstance(self.feature_tap, str) or not self.feature_tap:
             _fail("feature_tap", f"must be 'auto' or a module name, got {self.feature_tap!r}")
         if not _is_int(self.seed):

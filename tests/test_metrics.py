@@ -131,3 +131,26 @@ def test_report_reads_rho_and_the_cliff_from_the_primary_kind():
             assert report["per_l"]["4"]["rho_forces"] == pytest.approx(1.0)
         else:  # no force spectrum: its values are undefined, not made up
             assert report["per_l"]["4"]["rho_forces"] is None
+
+
+def test_undefined_values_are_null_in_json_and_na_in_the_table(tmp_path):
+    """No injected power above the ceiling (no pair in range): rho there is undefined."""
+    import json
+
+    from nequip_spectral.config import SpectralProbeConfig
+    from nequip_spectral.train.report import build_report, format_table, write_report
+
+    recovered, control, _ = synthetic(lambda t, c, e, g: t)
+    silent = recovered.copy()
+    silent[:, 3:5] = 0.0  # l = 5: no injected signal (sums of e and e^2 are zero)
+    per_l = np.stack([recovered, silent], 1)  # (frames, l, sums)
+    head = np.stack([per_l, per_l], 1)[None]  # (backbones, frames, kinds, l, sums)
+    probe = SpectralProbeConfig(backbones=("a.ckpt",), l_values=(4, 5))
+    report = build_report(head, np.stack([control, control], 1)[None], probe, L=2,
+                          head_parameters=1, n_bootstrap=20)  # fmt: skip
+    assert report["per_l"]["5"]["rho"] is None and report["cliff"]["ratio"] is None
+    table = format_table(report)
+    assert "n/a" in table and "nan" not in table.lower()
+    write_report(report, tmp_path)
+    text = (tmp_path / "spectral_report.json").read_text()
+    assert "NaN" not in text and json.loads(text)["per_l"]["5"]["rho"] is None

@@ -329,3 +329,47 @@ def test_injected_target_needs_no_backbone_prediction(probe, aspirin_atoms):
     assert "spn_backbone_energy_b0" not in out and model.model.cache_bytes > 0
     loss = SpectralProbeMetrics(injected, type_names=TYPE_NAMES)
     assert torch.isfinite(loss(out, batch)["weighted_sum"])
+
+
+def test_residual_targets_keep_float64_at_rmd17_energy_scales(tiny_backbone, aspirin_atoms):
+    """Energies near -17,600 eV (rMD17's aspirin): the targets are formed before any cast
+    to the heads' float32, so they equal the same targets without the offset to 1e-9 eV."""
+    from nequip_spectral.targets import head_target
+
+    probe = {"backbones": [tiny_backbone["ckpt"]], "l_values": [4]}
+    per_atom = -17_600.0 / 21
+    batch = aspirin_batch(aspirin_atoms[:2], probe)
+
+    def targets(offset):
+        model = FrozenBackboneSPN(seed=0, model_dtype="float32", type_names=TYPE_NAMES,
+                                  r_max=5.0, probe=probe)  # fmt: skip
+        scale_shift = model.model.backbones[0].from_tap[-2]  # per_type_energy_scale_shift
+        with torch.no_grad():
+            scale_shift.shifts += offset
+        data = dict(batch)
+        data["total_energy"] = batch["total_energy"] + offset * 21
+        out = model(data)
+        assert out[backbone_energy_key(0)].dtype == torch.float64
+        return head_target(out, data, 0, 4, "energy", "residual")
+
+    shifted, reference = targets(per_atom), targets(0.0)
+    assert shifted.dtype == torch.float64
+    assert torch.allclose(shifted, reference, rtol=0, atol=1e-9)
+
+
+def test_frame_cache_keys_everything_the_backbone_reads_and_is_bounded(probe, aspirin_atoms):
+    from nequip_spectral.nn.cache import FrameCache, batch_frame_keys
+
+    batch = aspirin_batch(aspirin_atoms[:2], probe)
+    keys = batch_frame_keys(batch)
+    assert len(set(keys)) == 2 and keys == batch_frame_keys(dict(batch))
+    for key, change in (("cell", 1.0), ("edge_cell_shift", 1.0), ("pos", 1e-9)):
+        changed = dict(batch)
+        changed[key] = batch[key] + change
+        assert batch_frame_keys(changed)[0] != keys[0], key
+
+    cache = FrameCache(max_bytes=21 * 3 * 8)  # room for one frame's float64 forces
+    forces = torch.randn(42, 3, dtype=torch.float64)
+    cache.put(keys, "forces", forces, [21, 21])
+    assert cache.bytes == 21 * 3 * 8 and cache.get(keys, "forces", "cpu") is None
+    assert torch.equal(cache.get(keys[:1], "forces", "cpu"), forces[:21])

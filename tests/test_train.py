@@ -72,10 +72,16 @@ def test_closed_form_checkpoint_holds_the_solved_heads_only(probe_run):
     assert set(report["spectra"]) == {"forces", "energy"}
 
 
-def test_sgd_probe_trains_the_heads_only(tmp_path, tiny_backbone, tiny_aspirin):
-    run_dir = tmp_path / "sgd"
+@pytest.fixture(scope="module")
+def sgd_run(tmp_path_factory, tiny_backbone, tiny_aspirin):
+    run_dir = tmp_path_factory.mktemp("sgd") / "run"
     overrides = probe_overrides(tiny_backbone["ckpt"], tiny_aspirin)
     nequip_train("aspirin_probe.yaml", run_dir, *overrides, "spectral_probe.solver=sgd")
+    return run_dir, overrides
+
+
+def test_sgd_probe_trains_the_heads_only(sgd_run):
+    run_dir, _ = sgd_run
     checkpoint = heads_only(run_dir / "last.ckpt")
     from nequip.model import ModelFromCheckpoint
 
@@ -93,7 +99,10 @@ def test_evaluate_reproduces_the_test_metrics(probe_run, tiny_aspirin, tmp_path)
     run_dir, _ = probe_run
     before = files_of(run_dir)
     output = tmp_path / "evaluation"
-    subprocess.run(["nequip-evaluate", str(run_dir), "--output", str(output)], check=True)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    subprocess.run(["nequip-evaluate", str(run_dir), "--output", str(output)], check=True,
+                   cwd=elsewhere)  # fmt: skip
     trained = json.loads((run_dir / "spectral_report.json").read_text())
     evaluated = json.loads((output / "spectral_report.json").read_text())
     for l, row in trained["per_l"].items():
@@ -168,3 +177,56 @@ def test_bad_input_stops_before_training(
     # Hydra appends its log to an existing run directory before the probe starts
     assert now.pop("train.log").startswith(earlier.pop("train.log"))
     assert now == earlier
+
+
+def test_a_run_resumed_in_its_own_directory_goes_on(sgd_run):
+    run_dir, overrides = sgd_run
+    before = json.loads((run_dir / "spectral_report.json").read_text())
+    result = nequip_train(
+        "aspirin_probe.yaml", run_dir, *overrides, "spectral_probe.solver=sgd", "max_epochs=2",
+        f"++ckpt_path={run_dir / 'last.ckpt'}",
+    )  # fmt: skip
+    assert "already holds" not in result.stderr
+    checkpoint = torch.load(run_dir / "last.ckpt", map_location="cpu", weights_only=False)
+    assert checkpoint["epoch"] == 1  # the second epoch ran
+    assert json.loads((run_dir / "spectral_report.json").read_text()) != before
+
+
+def test_data_without_forces_stops_or_gives_the_energy_spectrum(tiny_backbone, tiny_aspirin,
+                                                                tmp_path):  # fmt: skip
+    frames = ase.io.read(tiny_aspirin, index=":")
+    for atoms in frames:
+        energy = atoms.get_potential_energy()
+        atoms.calc = None
+        atoms.info["energy"] = energy
+    path = tmp_path / "energies_only.extxyz"
+    ase.io.write(path, frames)
+    overrides = [*probe_overrides(tiny_backbone["ckpt"], tiny_aspirin), f"dataset_file={path}"]
+    refused = nequip_train("aspirin_probe.yaml", tmp_path / "refused", *overrides, check=False)
+    assert refused.returncode != 0
+    assert "has no 'forces'" in refused.stderr and "force_spectrum: false" in refused.stderr
+    assert not (tmp_path / "refused" / "best.ckpt").exists()
+
+    run_dir = tmp_path / "energies"
+    nequip_train("aspirin_probe.yaml", run_dir, *overrides, "force_spectrum=false")
+    report = json.loads((run_dir / "spectral_report.json").read_text())
+    assert report["primary"] == "energy" and list(report["spectra"]) == ["energy"]
+    assert all(row["rho_forces"] is None for row in report["per_l"].values())
+    assert all(row["rho_energy"] is not None for row in report["per_l"].values())
+
+
+def test_a_bad_frame_in_the_test_split_stops_before_training(tiny_backbone, tiny_aspirin,
+                                                             tmp_path):  # fmt: skip
+    # the example configs split 40 frames 28 / 4 / 8 from one seeded permutation
+    permutation = torch.randperm(40, generator=torch.Generator().manual_seed(0)).tolist()
+    bad = permutation[35]
+    frames = ase.io.read(tiny_aspirin, index=":")
+    forces = frames[bad].get_forces()
+    forces[0, 1] = np.inf
+    frames[bad].calc.results["forces"] = forces
+    path = tmp_path / "bad_test_frame.extxyz"
+    ase.io.write(path, frames)
+    overrides = [*probe_overrides(tiny_backbone["ckpt"], tiny_aspirin), f"dataset_file={path}"]
+    result = nequip_train("aspirin_probe.yaml", tmp_path / "run", *overrides, check=False)
+    assert result.returncode != 0 and f"frame {bad} of {path}" in result.stderr
+    assert not (tmp_path / "run" / "best.ckpt").exists()

@@ -22,6 +22,7 @@ from ..config import SpectralProbeConfig
 from ..data.injection import frame_digest
 from ..targets import head_target
 from ..theory.ridge import sketch_directions
+from .cache import FrameCache, batch_frame_keys
 from .polynomial import LinearHeads
 from .spn import SPNHeads
 
@@ -70,7 +71,8 @@ class SpectralProbeModel(GraphModuleMixin, torch.nn.Module):
     mode, and device moves still reach them through ``_apply``. Forces of the ``f`` heads are
     minus their gradient with respect to positions, through the frozen backbone
     (:class:`_ForcesThroughBackbone`); ``e`` heads have energies only. The backbone's own
-    prediction (the residual target) is computed once per frame and kept. Without the force
+    prediction (the residual target) is computed once per frame and kept (:class:`FrameCache`:
+    on the CPU, 2 GiB at most, keyed by all a frame's inputs). Without the force
     spectrum nothing needs forces: each frame's tapped features are kept too, so later epochs
     skip the backbone.
 
@@ -84,7 +86,7 @@ class SpectralProbeModel(GraphModuleMixin, torch.nn.Module):
         super().__init__()
         self.probe = SpectralProbeConfig.from_block(probe)
         self._backbones = tuple(backbones)
-        self._frame_cache = {}  # (frame digest, backbone, field) -> tensor
+        self._cache = FrameCache()  # the backbones' per-frame outputs, on the CPU
         self.irreps = [backbone.irreps for backbone in backbones]
         self.fits = (ENERGY_FIT, FORCE_FIT) if self.probe.force_spectrum else (ENERGY_FIT,)
         self.targets = [*self.probe.l_values, None]  # the heads of a set, control last
@@ -145,13 +147,13 @@ class SpectralProbeModel(GraphModuleMixin, torch.nn.Module):
     def _apply(self, fn, *args, **kwargs):
         for backbone in self._backbones:
             backbone.model._apply(fn, *args, **kwargs)
-        self._frame_cache.clear()
+        self._cache.clear()
         return super()._apply(fn, *args, **kwargs)
 
     @property
     def cache_bytes(self) -> int:
         """Memory held by the per-frame cache of backbone outputs."""
-        return sum(t.numel() * t.element_size() for t in self._frame_cache.values())
+        return self._cache.bytes
 
     def _backbone_outputs(self, data):
         """Per backbone: tapped features, and the backbone's energy and forces (or ``None``).
@@ -161,43 +163,32 @@ class SpectralProbeModel(GraphModuleMixin, torch.nn.Module):
         """
         pos = data[AtomicDataDict.POSITIONS_KEY]
         sizes = data[AtomicDataDict.NUM_NODES_KEY].view(-1).tolist()
-        types = data[AtomicDataDict.ATOM_TYPE_KEY].view(-1)
-        frames = [
-            frame_digest(p, t) for p, t in zip(pos.split(sizes), types.split(sizes), strict=True)
-        ]
-
-        def cached(b, field):
-            values = [self._frame_cache.get((frame, b, field)) for frame in frames]
-            return None if any(v is None for v in values) else torch.cat(values)
-
-        def store(b, field, value, per_atom):
-            parts = value.detach().split(sizes if per_atom else 1)
-            for frame, part in zip(frames, parts, strict=True):
-                self._frame_cache[(frame, b, field)] = part.clone()
-
+        frames = batch_frame_keys(data)
+        per_frame = [1] * len(sizes)
         outputs = []
         for b, backbone in enumerate(self._backbones):
-            energy, forces = cached(b, "energy"), cached(b, "forces")
+            energy = self._cache.get(frames, f"energy{b}", pos.device)
+            forces = self._cache.get(frames, f"forces{b}", pos.device)
             if self.with_forces:
                 tapped = backbone.tap(dict(data))
                 features = tapped[AtomicDataDict.NODE_FEATURES_KEY]
-                if self.with_backbone_prediction and forces is None:  # (stored with energy)
+                if self.with_backbone_prediction and forces is None:
                     energy = backbone.energy(tapped)
                     (grad,) = torch.autograd.grad(energy.sum(), pos, retain_graph=True)
                     forces = -grad
-                    store(b, "energy", energy, per_atom=False)
-                    store(b, "forces", forces, per_atom=True)
+                    self._cache.put(frames, f"energy{b}", energy, per_frame)
+                    self._cache.put(frames, f"forces{b}", forces, sizes)
             else:
-                features = cached(b, "features")
+                features = self._cache.get(frames, f"features{b}", pos.device)
                 want_energy = self.with_backbone_prediction and energy is None
                 if features is None or want_energy:
                     with torch.no_grad():
                         tapped = backbone.tap(dict(data))
                         features = tapped[AtomicDataDict.NODE_FEATURES_KEY]
-                        store(b, "features", features, per_atom=True)
+                        self._cache.put(frames, f"features{b}", features, sizes)
                         if want_energy:
                             energy = backbone.energy(tapped)
-                            store(b, "energy", energy, per_atom=False)
+                            self._cache.put(frames, f"energy{b}", energy, per_frame)
             outputs.append((features, energy, forces))
         return outputs
 
@@ -258,10 +249,10 @@ class SpectralProbeModel(GraphModuleMixin, torch.nn.Module):
         """Add a batch's rows to every backbone's least-squares data (``closed_form``).
 
         Energy rows: the features summed over the readout atoms, per atom. With the force
-        spectrum, ``spectral_probe.force_directions`` force rows per frame: the heads' forces
-        along random directions ``v`` (:func:`sketch_directions`), minus the derivative of the
-        features along ``v``: one Jacobian-vector product through the backbone each. Targets
-        are formed in float64.
+        spectrum, force rows: the heads' forces along directions ``v``, minus the derivative
+        of the features along ``v``, one Jacobian-vector product through the backbone each;
+        every force component (``force_directions: null``), or that many random directions
+        per frame (:func:`sketch_directions`). Targets are formed in float64.
 
         Args:
             data: a batch
@@ -330,7 +321,7 @@ class SpectralProbeModel(GraphModuleMixin, torch.nn.Module):
         pos = data[AtomicDataDict.POSITIONS_KEY]
         sizes = data[AtomicDataDict.NUM_NODES_KEY].view(-1).tolist()
         types = data[AtomicDataDict.ATOM_TYPE_KEY].view(-1)
-        count, seed = self.probe.force_directions, self.probe.seed
+        count, seed = self.probe.force_directions or 3 * pos.shape[0], self.probe.seed
         sketches = [
             sketch_directions(len(p), count, frame_digest(p, t, seed))
             for p, t in zip(pos.split(sizes), types.split(sizes), strict=True)

@@ -1,16 +1,16 @@
-"""``nequip-spectral-benchmark``: what the probe costs next to training its backbone.
+"""``nequip-spectral-benchmark``: what a spectrum costs next to training its backbone.
 
 Side by side in one run, on the bundled aspirin data with the example architecture (NequIP
 ``l_max = 2``, 16 features, 3 layers; weights do not change the cost), each configuration in
-its own forked process on the same batches: a backbone training step (energies and forces),
-the probe with all heads fitting energies and forces, the same probe as separate per-``l``
-runs (the naive design), and the energy-only fast path (first epoch, later epochs). Prints
-milliseconds per training step, seconds per epoch of the example split, peak memory above
-the process's start, the ratios and the issue's targets.
+its own forked process: a backbone training step (energies and forces) sets the unit, one
+backbone-training epoch of the example split (1,050 frames). Then the total cost of each
+spectrum with each solver, in those epochs: ``sgd`` (the example's 10 epochs: the first, then
+nine with the per-frame cache) and ``closed_form`` (one pass over the 1,050 training and 150
+validation frames, timed on a few of them, then the solve, timed at full size), for energies
+and forces and for energies alone, and the cost of each extra ``l``. Prints peak memory too.
 """
 
 import argparse
-import contextlib
 import multiprocessing
 import resource
 import sys
@@ -21,10 +21,11 @@ import torch
 
 from .._keys import MAX_PROBE_L  # noqa: F401  (registers the fields before the data is read)
 from ..data import BUNDLED_ASPIRIN, SpectralInjection, frames_from_ase
-from ..nn.probe import _ForcesThroughBackbone
 
 TYPE_NAMES = ["C", "H", "O"]
 EPOCH_FRAMES = 1050  # the example configs' training split of the bundled file
+VALIDATION_FRAMES = 150
+SGD_EPOCHS = 10  # the example probe config's max_epochs
 
 
 def _rss_mb() -> float:
@@ -71,21 +72,26 @@ def _backbone():
     )
 
 
-def _probe(l_values, fit_forces):
+def _probe(l_values, force_spectrum, solver):
     from nequip.utils import torch_default_dtype
 
     from ..model import freeze_and_tap
     from ..nn import SpectralProbeModel
 
+    probe = {"backbones": ["in-process"], "l_values": l_values, "solver": solver,
+             "force_spectrum": force_spectrum}  # fmt: skip
     with torch_default_dtype(torch.float32):
         torch.manual_seed(0)
-        probe = {"backbones": ["in-process"], "l_values": l_values}
-        model = SpectralProbeModel([freeze_and_tap(_backbone())], probe, TYPE_NAMES, fit_forces)
+        model = SpectralProbeModel([freeze_and_tap(_backbone())], probe, TYPE_NAMES)
     return model, probe
 
 
-def _measure(name, l_values, fit_forces, batches, warmup, threads, queue):
-    """Run in a child: time training steps over ``batches`` (twice for the energy-only path)."""
+def _peak_mb(start_rss):
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 - start_rss
+
+
+def _train_steps(name, l_values, force_spectrum, batches, warmup, threads, queue):
+    """Run in a child: seconds per training step, first epoch and later (cached) epochs."""
     from nequip.train import EnergyForceLoss
 
     from ..train import SpectralProbeMetrics
@@ -96,77 +102,64 @@ def _measure(name, l_values, fit_forces, batches, warmup, threads, queue):
         model = _backbone()
         loss = EnergyForceLoss(type_names=TYPE_NAMES)
     else:
-        model, probe = _probe(l_values, fit_forces)
-        coeff = 1.0 if fit_forces else 0.0
-        loss = SpectralProbeMetrics(probe, forces_coeff=coeff, type_names=TYPE_NAMES)
+        model, probe = _probe(l_values, force_spectrum, "sgd")
+        loss = SpectralProbeMetrics(probe, type_names=TYPE_NAMES)
     model.train()
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
-
-    def step(batch):
-        optimizer.zero_grad()
-        loss(model(batch), batch)["weighted_sum"].backward()
-        optimizer.step()
-
     passes = 1 if name == "backbone" else 2  # the probe caches per-frame results
-    seconds = []
+    seconds = {0: [], 1: []}
     for repeat in range(passes):
         for i, batch in enumerate(batches):
             begin = time.perf_counter()
-            step(batch)
+            optimizer.zero_grad()
+            loss(model(batch), batch)["weighted_sum"].backward()
+            optimizer.step()
             if repeat > 0 or i >= warmup:
-                seconds.append((repeat, time.perf_counter() - begin))
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 - start_rss
-    result = {"peak_mb": peak}
-    for repeat in range(passes):
-        times = [s for r, s in seconds if r == repeat]
-        result[f"pass{repeat}"] = sum(times) / len(times)
-    if not fit_forces:
-        frames = sum(len(b["num_atoms"]) for b in batches)
-        result["cache_mb"] = model.cache_bytes / frames * EPOCH_FRAMES / 2**20
-    queue.put(result)
+                seconds[repeat].append(time.perf_counter() - begin)
+    step = {repeat: sum(t) / len(t) for repeat, t in seconds.items() if t}
+    queue.put({"first": step[0], "later": step.get(1, step[0]), "peak_mb": _peak_mb(start_rss)})
 
 
-def _breakdown(batches, warmup, threads, queue):
-    """Run in a child: where an energy+force step of the all-heads probe spends its time."""
-    from e3nn import o3
-    from nequip.data import AtomicDataDict
+def _closed_form(l_values, force_spectrum, batches, warmup, threads, queue):
+    """Run in a child: seconds per frame of the closed-form pass, and of the solve."""
+    from ..train.closed_form import solve_heads
 
     torch.set_num_threads(threads)
-    model, _ = _probe(list(range(8)), True)
-    backbone, heads = model.backbones[0], model.heads[0]
-    seconds = {}
-
-    @contextlib.contextmanager
-    def timed(name, counted):
-        begin = time.perf_counter()
-        yield
-        if counted:
-            seconds[name] = seconds.get(name, 0.0) + time.perf_counter() - begin
-
+    start_rss = _rss_mb()
+    model, _ = _probe(l_values, force_spectrum, "closed_form")
+    systems = {fit: [_empty(model, fit)] for fit in model.fits}
+    frames, seconds = 0, 0.0
     for i, batch in enumerate(batches):
-        counted = i >= warmup
-        pos = batch[AtomicDataDict.POSITIONS_KEY].detach().requires_grad_()
-        with timed("features", counted):
-            tapped = backbone.tap({**batch, AtomicDataDict.POSITIONS_KEY: pos})
-            features = tapped[AtomicDataDict.NODE_FEATURES_KEY]
-        head_grads = torch.randn(heads.num_heads, *features.shape, requires_grad=True)
-        with timed("forces", counted):
-            forces = _ForcesThroughBackbone.apply(head_grads, features, pos)
-        with timed("backward", counted):
-            torch.autograd.grad(forces, head_grads, torch.randn_like(forces))
-        n = torch.nn.functional.normalize(torch.randn(len(pos), 3, dtype=features.dtype), dim=1)
-        harmonics = o3.spherical_harmonics(heads.irreps_harmonics, n, normalize=True)
-        copies = features.detach().expand(heads.num_heads, -1, -1).clone().requires_grad_()
-        with timed("heads", counted):
-            heads(copies, harmonics).sum().backward()
-    steps = len(batches) - warmup
-    queue.put({name: total / steps for name, total in seconds.items()})
+        begin = time.perf_counter()
+        model.add_least_squares(batch, systems)
+        if i >= warmup:
+            seconds += time.perf_counter() - begin
+            frames += len(batch["num_atoms"])
+    for per_backbone in systems.values():  # the solve at full size: as many energy rows
+        data = per_backbone[0]
+        repeats = -(-EPOCH_FRAMES // data.num_frames)
+        for name in ("energy_rows", "energy_types", "energy_targets"):
+            setattr(data, name, getattr(data, name).repeat(repeats, 1)[:EPOCH_FRAMES])
+    begin = time.perf_counter()
+    solve_heads(model, systems, systems, 1.0, 1.0)
+    solve = time.perf_counter() - begin
+    queue.put({"per_frame": seconds / frames, "solve": solve, "peak_mb": _peak_mb(start_rss),
+               "features": model.heads["e"][0].features.num_features})  # fmt: skip
+
+
+def _empty(model, fit):
+    from ..theory.ridge import LeastSquaresData
+
+    heads = model.heads[fit][0]
+    return LeastSquaresData.empty(
+        heads.features.num_features, model.shifts[fit].shape[1], heads.num_heads
+    )
 
 
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--batch-size", type=int, default=5)
-    parser.add_argument("--steps", type=int, default=12, help="timed steps per configuration")
+    parser.add_argument("--steps", type=int, default=8, help="timed batches per configuration")
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args(argv)
 
@@ -174,17 +167,11 @@ def main(argv=None) -> None:
 
     set_global_state()
     torch.set_num_threads(args.threads)
-    l_values = list(range(8))
-    warmup = 2
-    batches = _batches(l_values, args.batch_size, args.steps + warmup)
+    few, many = list(range(8)), list(range(13))
+    warmup = 1
+    batches = _batches(many, args.batch_size, args.steps + warmup)
     context = multiprocessing.get_context("fork")
     queue = context.Queue()
-    configs = [
-        ("backbone", l_values, True),
-        ("all heads E+F", l_values, True),
-        ("one l + control E+F", [4], True),
-        ("all heads energy-only", l_values, False),
-    ]
 
     def in_child(target, *target_args):  # one at a time: each has the machine to itself
         process = context.Process(target=target, args=(*target_args, queue))
@@ -194,62 +181,46 @@ def main(argv=None) -> None:
             sys.exit(f"benchmark: {target.__name__} failed")
         return queue.get()
 
-    results = {
-        name: in_child(_measure, name, ls, fit_forces, batches, warmup, args.threads)
-        for name, ls, fit_forces in configs
-    }
-    breakdown = in_child(_breakdown, batches, warmup, args.threads)
+    def steps(name, ls, forces):
+        return in_child(_train_steps, name, ls, forces, batches, warmup, args.threads)
 
-    steps_per_epoch = EPOCH_FRAMES / args.batch_size
-    reference = results["backbone"]["pass0"]
-    memory = results["backbone"]["peak_mb"]
-    all_heads, one_l = results["all heads E+F"], results["one l + control E+F"]
-    energy_only = results["all heads energy-only"]
-    rows = [
-        ("backbone training, energies + forces", reference, memory),
-        ("probe, all heads (l 0..7 + control), E+F, first epoch", all_heads["pass0"],
-         all_heads["peak_mb"]),
-        ("  later epochs", all_heads["pass1"], all_heads["peak_mb"]),
-        ("probe as 8 separate per-l runs, E+F, first epoch", 8 * one_l["pass0"],
-         one_l["peak_mb"]),
-        ("  later epochs", 8 * one_l["pass1"], one_l["peak_mb"]),
-        ("probe energy-only, first epoch", energy_only["pass0"], energy_only["peak_mb"]),
-        ("  later epochs", energy_only["pass1"], energy_only["peak_mb"]),
-    ]  # fmt: skip
-    print(
-        f"{args.batch_size} frames a step, {args.steps} timed steps, {args.threads} thread(s); "
-        f"an epoch = {EPOCH_FRAMES} frames"
-    )
-    print(f"{'configuration':<54} {'ms/step':>8} {'s/epoch':>8} {'x backbone':>10} {'peak MB':>8}")
-    for name, seconds, peak in rows:
-        print(
-            f"{name:<54} {1000 * seconds:>8.0f} {seconds * steps_per_epoch:>8.1f} "
-            f"{seconds / reference:>10.2f} {peak:>8.0f}"
-        )
-    cache = energy_only["cache_mb"]
-    print(f"cache of the energy-only path (features, energies) for {EPOCH_FRAMES} frames: "
-          f"{cache:.1f} MB")  # fmt: skip
-    ratios = [
-        ("all heads E+F <= 2.5x backbone", all_heads["pass1"] / reference),
-        ("per-l runs >= 3x slower than all heads", one_l["pass1"] * 8 / all_heads["pass1"]),
-        ("energy-only later epochs <= 0.2x backbone", energy_only["pass1"] / reference),
-        ("peak memory <= 2x backbone training", max(r[2] for r in rows[1:]) / memory),
-    ]
-    print("targets (later epochs):")
-    for target, ratio in ratios:
-        print(f"  {target}: {ratio:.2f}x")
+    def closed(ls, forces):
+        return in_child(_closed_form, ls, forces, batches, warmup, args.threads)
 
-    ms = {name: 1000 * value for name, value in breakdown.items()}
-    passes = ms["features"] + ms["forces"] + ms["backward"]
-    print("where an all-heads E+F step goes (ms, one step):")
-    print(f"  backbone features (forward, kept for the forces)         {ms['features']:6.1f}")
-    print(f"  9 heads' forces -J^T g_h (9 vector-Jacobian products)     {ms['forces']:6.1f}")
-    print(f"  their backward J r_h (J^T u with its graph + 9 JVPs)      {ms['backward']:6.1f}")
-    print(f"  all 9 heads, forward + backward (energy path)            {ms['heads']:6.1f}")
+    backbone = steps("backbone", few, True)
+    epoch = backbone["first"] * EPOCH_FRAMES / args.batch_size  # seconds, the unit
+    rows = []
+    for forces, label in ((True, "energies + forces"), (False, "energies alone")):
+        sgd = steps("sgd", few, forces)
+        steps_per_epoch = EPOCH_FRAMES / args.batch_size
+        sgd_total = (sgd["first"] + (SGD_EPOCHS - 1) * sgd["later"]) * steps_per_epoch
+        rows.append((f"sgd, {SGD_EPOCHS} epochs, {label}", sgd_total, sgd["peak_mb"], None))
+        for ls in (few, many):
+            result = closed(ls, forces)
+            total = result["per_frame"] * (EPOCH_FRAMES + VALIDATION_FRAMES) + result["solve"]
+            rows.append((f"closed form, l 0..{ls[-1]}, {label}", total, result["peak_mb"], result))
     print(
-        f"  backbone passes of the step: {passes:.0f} ms = {passes / (1000 * reference):.2f}x "
-        "a backbone-training step"
+        f"{args.batch_size} frames a batch, {args.steps} timed batches, {args.threads} thread(s);"
+        f" a backbone-training epoch = {EPOCH_FRAMES} frames = {epoch:.1f} s "
+        f"(peak {backbone['peak_mb']:.0f} MB)"
     )
+    print(f"{'spectrum, l 0..7 unless said':<46} {'seconds':>8} {'backbone epochs':>16} "
+          f"{'peak MB':>8}")  # fmt: skip
+    for name, seconds, peak, _ in rows:
+        print(f"{name:<46} {seconds:>8.1f} {seconds / epoch:>16.2f} {peak:>8.0f}")
+    by_name = {name: (seconds, result) for name, seconds, _, result in rows}
+    ef, ef_many = (by_name[f"closed form, l 0..{ls[-1]}, energies + forces"] for ls in (few, many))
+    e = by_name[f"closed form, l 0..{few[-1]}, energies alone"]
+    print(
+        f"closed form: {ef[1]['features']} features a head; collect "
+        f"{1000 * ef[1]['per_frame']:.0f} ms/frame (E+F), {1000 * e[1]['per_frame']:.1f} "
+        f"ms/frame (E); solve {ef[1]['solve']:.1f} s (E+F), {e[1]['solve']:.1f} s (E)"
+    )
+    per_l = (ef_many[0] / ef[0] - 1) / (len(many) - len(few))
+    print("targets:")
+    print(f"  both spectra (closed form, E+F) <= 10 backbone epochs: {ef[0] / epoch:.2f}")
+    print(f"  energy spectrum alone <= 0.3 backbone epochs: {e[0] / epoch:.2f}")
+    print(f"  each extra l <= 5% more (l 0..7 -> 0..12, E+F): {100 * per_l:.1f}%")
 
 
 if __name__ == "__main__":

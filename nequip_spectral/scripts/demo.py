@@ -34,9 +34,10 @@ def main(argv=None) -> None:
     stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
     parser.add_argument("--output", type=Path, default=Path("runs") / f"demo-{stamp}")
     parser.add_argument("--backbone-epochs", type=int, default=10)
-    parser.add_argument("--probe-epochs", type=int, default=3)
+    parser.add_argument("--solver", choices=["closed_form", "sgd"], default="closed_form")
+    parser.add_argument("--probe-epochs", type=int, default=3, help="epochs of --solver sgd")
     parser.add_argument(
-        "--energy-only", action="store_true", help="the probe's energy-only fast path"
+        "--energy-only", action="store_true", help="the energy spectrum alone (no forces)"
     )
     args, overrides = parser.parse_known_args(argv)
     if not CONFIGS.is_dir():
@@ -52,14 +53,14 @@ def main(argv=None) -> None:
         [*train, "-cn", "aspirin_backbone.yaml", f"hydra.run.dir={output / 'backbone'}",
          f"max_epochs={args.backbone_epochs}", *overrides],
     )  # fmt: skip
-    fast_path = ["fit_forces=false", "forces_coeff=0"] if args.energy_only else []
+    spectra = "the energy spectrum" if args.energy_only else "the energy and force spectra"
+    how = "in closed form" if args.solver == "closed_form" else f"{args.probe_epochs} epochs"
     _stage(
-        f"2/2 probing it: SPN heads for l = 0..7 on the frozen backbone, {args.probe_epochs} "
-        "epochs" + (" (energy-only fast path)" if args.energy_only else ""),
+        f"2/2 probing it: SPN heads for l = 0..7 on the frozen backbone, {spectra}, {how}",
         [*train, "-cn", "aspirin_probe.yaml", f"hydra.run.dir={output / 'probe'}",
-         f"max_epochs={args.probe_epochs}",
-         f"spectral_probe.backbones=[{output / 'backbone' / 'best.ckpt'}]", *fast_path,
-         *overrides],
+         f"max_epochs={args.probe_epochs}", f"spectral_probe.solver={args.solver}",
+         f"force_spectrum={str(not args.energy_only).lower()}",
+         f"spectral_probe.backbones=[{output / 'backbone' / 'best.ckpt'}]", *overrides],
     )  # fmt: skip
     print(
         f"\nspectrum: {output / 'probe' / 'spectral_report.png'} (and .json, .csv); "

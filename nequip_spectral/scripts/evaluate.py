@@ -3,9 +3,11 @@
 NequIP 0.19 evaluates with ``run: [test]``; this is a thin wrapper over it. It takes the run's
 own config (``RUN_DIR/.hydra/config.yaml``), sets ``run: [test]``, loads the trained probe with
 ``nequip.model.ModelFromCheckpoint`` (``RUN_DIR/best.ckpt``; the backbones are loaded again
-from their paths), optionally tests on another dataset file (all of its frames), and calls
+from their paths), optionally tests on another dataset file (all of its frames, through an
+``ASEDataModule`` with the run's transforms, whatever datamodule the run used), and calls
 ``nequip-train`` in a new directory, where ``SpectralMetrics`` prints the table and writes the
-report. The training run's files are never touched.
+report. ``nequip-train`` runs in the training run's working directory, so the relative paths of
+its config mean what they meant then. The training run's files are never touched.
 """
 
 import argparse
@@ -33,12 +35,26 @@ def evaluation_config(run_dir: Path, dataset_file=None):
     if dataset_file is not None:
         if not Path(dataset_file).is_file():
             raise FileNotFoundError(f"--dataset-file {dataset_file} not found")
-        config.dataset_file = str(Path(dataset_file).resolve())
-        config.data.split_dataset = []
-        config.data.test_file_path = "${dataset_file}"
-        # NequIP's module wants one training set; a test-only run never loads it
-        config.data.train_file_path = "${dataset_file}"
+        path = str(Path(dataset_file).resolve())
+        config.data = {
+            "_target_": "nequip.data.datamodule.ASEDataModule",
+            "seed": 0,
+            "test_file_path": path,
+            "train_file_path": path,  # NequIP wants a training set; a test-only run never loads it
+            "transforms": OmegaConf.to_container(config.data.transforms),  # (kept unresolved)
+            "test_dataloader": OmegaConf.to_container(config.data.test_dataloader, resolve=True),
+        }
     return config
+
+
+def training_directory(run_dir: Path) -> Path:
+    """Where ``nequip-train`` ran for ``run_dir`` (Hydra records it), or the current one."""
+    hydra = run_dir / ".hydra" / "hydra.yaml"
+    if hydra.is_file():
+        cwd = OmegaConf.load(hydra).hydra.runtime.get("cwd")
+        if cwd and Path(cwd).is_dir():
+            return Path(cwd)
+    return Path.cwd()
 
 
 def main(argv=None) -> None:
@@ -51,7 +67,7 @@ def main(argv=None) -> None:
     args = parser.parse_args(argv)
 
     stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
-    output = args.output or args.run_dir / f"evaluate-{stamp}"
+    output = (args.output or args.run_dir / f"evaluate-{stamp}").resolve()
     if output.exists():
         parser.error(f"{output} exists; give a new --output directory")
     try:
@@ -69,7 +85,7 @@ def main(argv=None) -> None:
         "evaluate_config.yaml",
         f"hydra.run.dir={output.resolve()}",
     ]
-    sys.exit(subprocess.call(command))
+    sys.exit(subprocess.call(command, cwd=training_directory(args.run_dir.resolve())))
 
 
 if __name__ == "__main__":

@@ -5,6 +5,7 @@ from pathlib import Path
 import lightning
 import torch
 from hydra.utils import instantiate
+from nequip.data import AtomicDataDict
 
 from ..config import SpectralProbeConfig
 from ..targets import KINDS
@@ -32,14 +33,26 @@ def _frame_name(dataset, index: int) -> str:
     return f"frame {index} of {getattr(dataset, 'file_path', 'the dataset')}"
 
 
-def check_frames(datasets) -> None:
-    """Apply the transforms to every frame once, naming the frame of any bad input."""
+def check_frames(datasets, probe: SpectralProbeConfig) -> None:
+    """Apply the transforms to every frame once, naming the frame of any bad input, and check
+    that each frame has the labels the probe's targets need."""
+    needed = {}
+    if probe.target == "residual":
+        needed[AtomicDataDict.TOTAL_ENERGY_KEY] = "every spectrum's residual target needs them"
+        if probe.force_spectrum:
+            needed[AtomicDataDict.FORCE_KEY] = (
+                "the force spectrum needs them; set spectral_probe.force_spectrum: false "
+                "(force_spectrum=false with the example configs) for the energy spectrum alone"
+            )
     for dataset in datasets:
         for index in range(len(dataset)):
             try:
-                dataset[index]
+                frame = dataset[index]
             except (ValueError, KeyError) as error:
                 raise ValueError(f"{_frame_name(dataset, index)}: {error}") from error
+            for key, why in needed.items():
+                if key not in frame:
+                    raise ValueError(f"{_frame_name(dataset, index)} has no '{key}': {why}")
 
 
 class SpectralMetrics(lightning.Callback):
@@ -94,17 +107,22 @@ class SpectralMetrics(lightning.Callback):
         self._started = False
 
     def setup(self, trainer, pl_module, stage: str) -> None:
-        if not self._started:  # the first stage of this run: train, or test alone
-            if trainer.ckpt_path is None:
-                self._refuse_earlier_run()
+        if stage == "test" and not self._started:  # a test-only run
+            self._refuse_earlier_run()
             self._started = True
         datamodule = trainer.datamodule
         if stage == "fit" and trainer.is_global_zero:
             test = getattr(datamodule, "test_dataset_config", None) or []
             for datasets in (datamodule.train_dataset, datamodule.val_dataset, instantiate(test)):
-                check_frames(datasets or [])
+                check_frames(datasets or [], self.probe)
         elif stage == "test" and trainer.is_global_zero:
-            check_frames(datamodule.test_dataset or [])
+            check_frames(datamodule.test_dataset or [], self.probe)
+
+    def on_fit_start(self, trainer, pl_module) -> None:
+        # (Lightning knows a resumed run's checkpoint only after the setup hooks)
+        if not self._started and trainer.ckpt_path is None:
+            self._refuse_earlier_run()
+        self._started = True
 
     def _refuse_earlier_run(self) -> None:
         existing = [
