@@ -36,6 +36,10 @@ def test_defaults_and_dictconfig():
         ("readout", "some", "centers"),
         ("backbones", "a.ckpt", "list of file paths"),
         ("colour", "red", "unknown option"),
+        ("solver", "adam", "closed_form"),
+        ("force_spectrum", "yes", "true or false"),
+        ("feature_budget", 0, "positive integer"),
+        ("force_directions", 0, "null (all) or positive"),
     ],
 )
 def test_bad_values_name_the_key(key, value, message):
@@ -56,3 +60,9 @@ def test_checks_against_model_and_files(tmp_path):
         probe.check_cutoff(3.5)
     probe.check_cutoff(5.0)
     probe.check_type_names(["C", "H", "O"])
+
+
+def test_a_gated_head_needs_gradient_descent():
+    with pytest.raises(SpectralProbeError, match=r"spectral_probe\.activation: 'gate' needs"):
+        SpectralProbeConfig.from_block({"activation": "gate"})
+    assert SpectralProbeConfig.from_block({"activation": "gate", "solver": "sgd"}).solver == "sgd"

@@ -373,3 +373,52 @@ def test_frame_cache_keys_everything_the_backbone_reads_and_is_bounded(probe, as
     cache.put(keys, "forces", forces, [21, 21])
     assert cache.bytes == 21 * 3 * 8 and cache.get(keys, "forces", "cpu") is None
     assert torch.equal(cache.get(keys[:1], "forces", "cpu"), forces[:21])
+
+
+def test_each_sgd_head_keeps_its_own_best_epoch(probe):
+    from nequip_spectral.train.best_heads import BestHeads
+
+    model = build(probe).model
+    loss = SpectralProbeMetrics(probe, type_names=TYPE_NAMES)
+    best = BestHeads(model, loss)
+
+    def epoch(losses):  # every metric of head h of every set: losses[h]
+        return {f"val0_epoch/{name}": losses[int(name.split("_")[2] != "l1")
+                                             if "none" not in name else 2]
+                for name in loss.entries}  # fmt: skip
+
+    heads = model.heads[FORCE_FIT][0]
+    first = [p.detach().clone() for p in heads.parameters()]
+    best.update(epoch([1.0, 1.0, 1.0]))
+    with torch.no_grad():
+        for parameter in heads.parameters():
+            parameter += 1.0
+    second = [p.detach().clone() for p in heads.parameters()]
+    best.update(epoch([0.5, 2.0, 2.0]))  # only the head of l = 1 improves
+    with torch.no_grad():
+        for parameter in heads.parameters():
+            parameter += 1.0
+    best.restore()
+    for parameter, a, b in zip(heads.parameters(), first, second, strict=True):
+        assert torch.equal(parameter[0], b[0])  # l = 1: the second epoch
+        assert torch.equal(parameter[1:], a[1:])  # l = 4, 5 and the control: the first
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_probe_and_its_report_sums_run_on_cuda(probe, aspirin_atoms):
+    """Forward (head forces through the backbone), the closed-form rows and the report's
+    per-frame sums on a GPU: every cache and sum comes back to the CPU."""
+    from nequip_spectral.train.closed_form import collect
+    from nequip_spectral.train.report import batch_frame_sums
+
+    for solver in ("sgd", "closed_form"):
+        setup = {**probe, "solver": solver}
+        model = build(setup).to("cuda").eval()
+        batch = {k: v.to("cuda") for k, v in aspirin_batch(aspirin_atoms[:2], setup).items()}
+        out = model(batch)
+        sums = batch_frame_sums(out, batch, model.model.probe, 1, ("forces", "energy"))
+        assert all(t.device.type == "cpu" and torch.isfinite(t).all() for t in sums)
+        assert all(t.device.type == "cpu" for t in model.model._cache._values.values())
+        if solver == "closed_form":
+            data = collect(model.model, [aspirin_frames(aspirin_atoms[:2], setup)], 2, "cuda")
+            assert data[FORCE_FIT][0].force_gram.device.type == "cpu"

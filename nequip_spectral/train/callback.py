@@ -9,6 +9,7 @@ from nequip.data import AtomicDataDict
 
 from ..config import SpectralProbeConfig
 from ..targets import KINDS
+from .best_heads import BestHeads
 from .closed_form import fit_closed_form
 from .metrics import force_fit_weights
 from .report import REPORT_FILES, batch_frame_sums, build_report, format_table, write_report
@@ -64,7 +65,9 @@ class SpectralMetrics(lightning.Callback):
     gradient epoch runs. At the end of test, per backbone and probed ``l``: rho, R2_inj and
     raw gain of both spectra, the cliff ``rho(d_r L) / rho(d_r L + 1)`` and a hierarchical
     cluster bootstrap of ``Delta = G_a - G_b``; prints the table and writes
-    ``spectral_report.json``, ``.csv`` and ``.png`` into ``output_dir``.
+    ``spectral_report.json``, ``.csv`` and ``.png`` into ``output_dir``. With ``solver: sgd``
+    each head keeps the weights of its own best epoch on the validation frames
+    (:class:`~nequip_spectral.train.best_heads.BestHeads`), written to ``best.ckpt``.
 
     Before anything trains, it refuses a fresh run whose ``output_dir`` holds a report or a
     checkpoint already (a run resumed with ``ckpt_path=`` goes on), and applies the
@@ -103,6 +106,7 @@ class SpectralMetrics(lightning.Callback):
         self.batch_size = batch_size
         self.report = None
         self.closed_form = None
+        self._best_heads = None
         self._batches = []
         self._started = False
 
@@ -136,7 +140,8 @@ class SpectralMetrics(lightning.Callback):
             )
 
     def on_train_start(self, trainer, pl_module) -> None:
-        if self.probe.solver != "closed_form":
+        if self.probe.solver == "sgd":
+            self._best_heads = BestHeads(_probe_model(pl_module), pl_module.loss)
             return
         probe_model = _probe_model(pl_module)
         datamodule = trainer.datamodule
@@ -150,15 +155,17 @@ class SpectralMetrics(lightning.Callback):
         )
         if trainer.is_global_zero:
             print(_describe_solution(self.closed_form, probe_model), flush=True)
-        for checkpoint in trainer.checkpoint_callbacks:  # what validation would have written
-            best = Path(checkpoint.dirpath) / f"{checkpoint.filename or 'best'}.ckpt"
-            trainer.save_checkpoint(best)
-            checkpoint.best_model_path = str(best)
-            if checkpoint.save_last:
-                last = Path(checkpoint.dirpath) / "last.ckpt"
-                trainer.save_checkpoint(last)
-                checkpoint.last_model_path = str(last)
+        _write_checkpoints(trainer)  # what validation would have written
         trainer.should_stop = True  # the heads are at their optimum: no gradient epochs
+
+    def on_train_epoch_end(self, trainer, pl_module) -> None:
+        if self._best_heads is not None:  # (validation has run: its metrics are logged)
+            self._best_heads.update(trainer.callback_metrics)
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        if self._best_heads is not None and self._best_heads.best:
+            self._best_heads.restore()  # each head at its own best epoch, for the test
+            _write_checkpoints(trainer, last=False)
 
     def on_test_epoch_start(self, trainer, pl_module) -> None:
         self._batches = []
@@ -192,6 +199,18 @@ class SpectralMetrics(lightning.Callback):
         write_report(self.report, self.output_dir)
         print(format_table(self.report), flush=True)
         print(f"spectral report written to {self.output_dir}", flush=True)
+
+
+def _write_checkpoints(trainer, last: bool = True) -> None:
+    """Write the model as the best (and last) checkpoint of every ``ModelCheckpoint``."""
+    for checkpoint in trainer.checkpoint_callbacks:
+        best = Path(checkpoint.dirpath) / f"{checkpoint.filename or 'best'}.ckpt"
+        trainer.save_checkpoint(best)
+        checkpoint.best_model_path = str(best)
+        if last and checkpoint.save_last:
+            path = Path(checkpoint.dirpath) / "last.ckpt"
+            trainer.save_checkpoint(path)
+            checkpoint.last_model_path = str(path)
 
 
 def _probe_model(pl_module):
