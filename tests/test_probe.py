@@ -18,6 +18,7 @@ from nequip_spectral.config import SpectralProbeError
 from nequip_spectral.data import SpectralInjection, frames_from_ase
 from nequip_spectral.model import FrozenBackboneSPN
 from nequip_spectral.nn import SPNHeads
+from nequip_spectral.nn.polynomial import LinearHeads
 from nequip_spectral.train import SpectralProbeMetrics
 
 TYPE_NAMES = ["C", "H", "O"]
@@ -30,12 +31,17 @@ def irreps_up_to(L: int, channels: int = 2) -> o3.Irreps:
 @pytest.mark.parametrize(
     "L, degree, activation",
     [(1, 1, None), (1, 2, None), (1, 3, None), (2, 1, None), (2, 2, None), (2, 3, None),
-     (2, 2, "gate")],
+     (2, 2, "gate"), (1, 3, "closed form"), (2, 2, "closed form"), (2, 3, "closed form")],
 )  # fmt: skip
 def test_head_has_degree_dL_in_the_direction_and_nothing_above(L, degree, activation):
-    """The degree bound: as a function of n, a head is a sum of harmonics of degree <= dL."""
+    """The degree bound: as a function of n, a head is a sum of harmonics of degree <= dL
+    (the gradient-descent heads, gated or not, and the closed form's, with random weights)."""
     torch.manual_seed(degree + 10 * L)
-    head = SPNHeads(irreps_up_to(L), 1, degree, channels=3, activation=activation)
+    if activation == "closed form":
+        head = LinearHeads(irreps_up_to(L), 1, degree, feature_budget=10**6)
+        torch.nn.init.normal_(head.weights)
+    else:
+        head = SPNHeads(irreps_up_to(L), 1, degree, channels=3, activation=activation)
     features = irreps_up_to(L).randn(1, -1).expand(600, -1)
     n = torch.nn.functional.normalize(torch.randn(600, 3), dim=1)
     values = head(features, o3.spherical_harmonics(head.irreps_harmonics, n, True)).squeeze(0)

@@ -26,7 +26,7 @@ import dataclasses
 import torch
 from e3nn import o3
 
-from .spn import MAX_HARMONIC_DEGREE, _blocks, _natural
+from .spn import _blocks, _natural, harmonics_of_ceiling
 
 
 @dataclasses.dataclass(frozen=True)
@@ -105,14 +105,8 @@ class PolynomialFeatures(torch.nn.Module):
     def __init__(self, irreps_in, degree: int, feature_budget: int, seed: int = 0):
         super().__init__()
         self.irreps_in = o3.Irreps(irreps_in)
-        self.ceiling = degree * self.irreps_in.lmax
-        if self.ceiling > MAX_HARMONIC_DEGREE:
-            raise ValueError(
-                f"spectral_probe.degree: a degree-{degree} head on L = {self.irreps_in.lmax} "
-                f"features needs harmonics of degree {self.ceiling}; e3nn provides up to "
-                f"{MAX_HARMONIC_DEGREE}"
-            )
-        self.irreps_harmonics = o3.Irreps.spherical_harmonics(self.ceiling, p=-1)
+        self.ceiling, self.irreps_harmonics = harmonics_of_ceiling(self.irreps_in, degree)
+
         def width(copies):  # the irreps mixed to at most ``copies`` copies each
             return o3.Irreps([(min(mul, copies), ir) for mul, ir in self.irreps_in])
 

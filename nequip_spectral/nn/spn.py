@@ -41,6 +41,17 @@ def _blocks(irreps: o3.Irreps, tensor: torch.Tensor) -> list:
     ]
 
 
+def harmonics_of_ceiling(irreps_in: o3.Irreps, degree: int) -> tuple[int, o3.Irreps]:
+    """The ceiling ``dL`` of a degree-``degree`` head and the harmonics ``Y_0 .. Y_dL`` it reads."""
+    ceiling = degree * irreps_in.lmax
+    if ceiling > MAX_HARMONIC_DEGREE:
+        raise ValueError(
+            f"spectral_probe.degree: a degree-{degree} head on L = {irreps_in.lmax} features "
+            f"needs harmonics of degree {ceiling}; e3nn provides up to {MAX_HARMONIC_DEGREE}"
+        )
+    return ceiling, o3.Irreps.spherical_harmonics(ceiling, p=-1)
+
+
 def _natural(ir: o3.Irrep) -> bool:
     """The parity of :math:`Y_l`: only such blocks meet a harmonic of ``n``."""
     return ir.p == (-1) ** ir.l
@@ -121,14 +132,7 @@ class SPNHeads(torch.nn.Module):
         super().__init__()
         irreps_in = o3.Irreps(irreps_in)
         self.num_heads = num_heads
-        self.ceiling = degree * irreps_in.lmax
-        if self.ceiling > MAX_HARMONIC_DEGREE:
-            raise ValueError(
-                f"spectral_probe.degree: a degree-{degree} head on L = {irreps_in.lmax} features "
-                f"needs harmonics of degree {self.ceiling}; e3nn provides up to "
-                f"{MAX_HARMONIC_DEGREE}"
-            )
-        self.irreps_harmonics = o3.Irreps.spherical_harmonics(self.ceiling, p=-1)
+        self.ceiling, self.irreps_harmonics = harmonics_of_ceiling(irreps_in, degree)
         self.irreps_mix = (
             o3.Irreps([(channels, ir) for _, ir in irreps_in.simplify()]).sort().irreps
         )
