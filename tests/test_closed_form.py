@@ -120,12 +120,8 @@ def test_all_heads_at_once_equal_each_head_alone():
     together = solve_ridge(train, validation, 1.0, 0.5)
     for h in range(3):
 
-        def alone(data, h=h):
-            return LeastSquaresData(
-                data.energy_rows, data.energy_types, data.energy_targets[:, h : h + 1],
-                data.force_gram, data.force_moment[:, h : h + 1], data.force_square[h : h + 1],
-                data.force_components,
-            )  # fmt: skip
+        def alone(data, h=h):  # the targets of head h only
+            return data.with_targets(torch.eye(3, dtype=torch.float64)[:, h : h + 1])
 
         single = solve_ridge(alone(train), alone(validation), 1.0, 0.5)
         assert single.alpha[0] == together.alpha[h]
@@ -219,7 +215,7 @@ def test_two_ddp_processes_equal_one():
         joined.add_energies(part.energy_rows, part.energy_types, part.energy_targets)
         joined.force_gram += part.force_gram
         joined.force_moment += part.force_moment
-        joined.force_square += part.force_square
+        joined.force_targets += part.force_targets
         joined.force_components += part.force_components
     single = solve_ridge(joined, validation, 1.0, 1.0)
     with socket.socket() as s:
@@ -231,3 +227,19 @@ def test_two_ddp_processes_equal_one():
     weights, intercepts = map(torch.from_numpy, results.get(timeout=60))
     assert torch.allclose(weights, single.weights, rtol=1e-10, atol=1e-12)
     assert torch.allclose(intercepts, single.intercepts, rtol=1e-10, atol=1e-12)
+
+
+def test_a_head_differs_from_the_control_by_the_ridge_fit_of_its_injection(solved):
+    """Above the ceiling a head cannot see the injection; it must not be penalized away from
+    the control's fit of the backbone's own error either (that would make rho negative)."""
+    _, model, train, validation = solved
+    solve_heads(model.model, train, validation, 1.0, 1.0)
+    heads = model.model.heads[FORCE_FIT][0]
+    for h, alpha in enumerate(heads.alpha[:-1].tolist()):
+        injected = torch.zeros(4, 1, dtype=torch.float64)  # t_h - t_none
+        injected[h], injected[-1] = 1.0, -1.0
+        alone = solve_ridge(train[FORCE_FIT][0].with_targets(injected),
+                            validation[FORCE_FIT][0].with_targets(injected), 1.0, 1.0,
+                            alphas=[alpha])  # fmt: skip
+        difference = heads.weights[:, h] - heads.weights[:, -1]
+        assert torch.allclose(difference, alone.weights[:, 0], rtol=1e-8, atol=1e-12)

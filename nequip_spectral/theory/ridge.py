@@ -40,7 +40,7 @@ class LeastSquaresData:
         energy_targets: ``(frames, heads)`` per-atom energy targets :math:`t^E / N`
         force_gram: ``(K, K)`` :math:`\\sum g g^\\top` over the force rows
         force_moment: ``(K, heads)`` :math:`\\sum g\\, t^F`
-        force_square: ``(heads,)`` :math:`\\sum (t^F)^2`
+        force_targets: ``(heads, heads)`` :math:`\\sum t^F t^{F\\top}`
         force_components: number of force components the force rows stand for
     """
 
@@ -49,7 +49,7 @@ class LeastSquaresData:
     energy_targets: torch.Tensor
     force_gram: torch.Tensor
     force_moment: torch.Tensor
-    force_square: torch.Tensor
+    force_targets: torch.Tensor
     force_components: torch.Tensor
 
     @classmethod
@@ -61,7 +61,7 @@ class LeastSquaresData:
             zeros(0, num_heads, dtype=torch.float64),
             zeros(num_features, num_features, dtype=torch.float64),
             zeros(num_features, num_heads, dtype=torch.float64),
-            zeros(num_heads, dtype=torch.float64),
+            zeros(num_heads, num_heads, dtype=torch.float64),
             zeros((), dtype=torch.float64),
         )
 
@@ -75,7 +75,7 @@ class LeastSquaresData:
         rows, targets = rows.double(), targets.double()
         self.force_gram += (rows.T @ rows).cpu()
         self.force_moment += (rows.T @ targets).cpu()
-        self.force_square += targets.square().sum(0).cpu()
+        self.force_targets += (targets.T @ targets).cpu()
         self.force_components += components
 
     def all_ranks(self) -> "LeastSquaresData":
@@ -97,6 +97,15 @@ class LeastSquaresData:
     @property
     def num_frames(self) -> int:
         return self.energy_rows.shape[0]
+
+    def with_targets(self, mix: torch.Tensor) -> "LeastSquaresData":
+        """The same rows with targets ``t @ mix`` (``(heads, new heads)``), exactly."""
+        return dataclasses.replace(
+            self,
+            energy_targets=self.energy_targets @ mix,
+            force_moment=self.force_moment @ mix,
+            force_targets=mix.T @ self.force_targets @ mix,
+        )
 
 
 def sketch_directions(num_atoms: int, count: int, key: bytes) -> torch.Tensor:
@@ -150,7 +159,8 @@ def _loss(data, weights, intercepts, energy_coeff, forces_coeff) -> torch.Tensor
     if forces_coeff and data.force_components:
         quadratic = (weights * (data.force_gram @ weights)).sum(0)
         linear = (weights * data.force_moment).sum(0)
-        loss += forces_coeff * (quadratic - 2 * linear + data.force_square) / data.force_components
+        squares = data.force_targets.diagonal()
+        loss += forces_coeff * (quadratic - 2 * linear + squares) / data.force_components
     return loss
 
 

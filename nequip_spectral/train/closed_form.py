@@ -6,7 +6,8 @@ collects every backbone's least-squares data (energy rows, force rows of a few r
 directions per frame), one over the validation split the same for choosing each head's ridge
 strength; under DDP each rank takes every ``world``-th batch and the data are joined before
 solving. The energy spectrum's heads are then solved on energies alone, the force spectrum's
-on energies and forces with the loss's weights, and the solutions are loaded into the heads.
+on energies and forces with the loss's weights (each head relative to the control head, see
+:func:`solve_heads`), and the solutions are loaded into the heads.
 """
 
 import time
@@ -61,15 +62,28 @@ def solve_heads(probe_model, train, validation, energy_coeff, forces_coeff, alph
         ``{"e": [{"alpha": [...], "at_edge": [...]} of each backbone], "f": ...}``
     """
     weights = {ENERGY_FIT: (1.0, 0.0), FORCE_FIT: (energy_coeff, forces_coeff)}
+    # the control head (last) fits the common target; every other head its own target minus
+    # the control's (the injected part), with a ridge strength of its own, and the control's
+    # solution is added back: each head's ridge shrinks it toward the control head, so that
+    # its difference from the control is exactly the ridge fit of the injected signal
+    num_heads = len(probe_model.targets)
+    relative = torch.eye(num_heads, dtype=torch.float64)
+    relative[-1, :-1] = -1.0
     chosen = {}
     for fit in probe_model.fits:
         chosen[fit] = []
         for b, heads in enumerate(probe_model.heads[fit]):
-            solution = solve_ridge(train[fit][b], validation[fit][b], *weights[fit], alphas)
+            solution = solve_ridge(
+                train[fit][b].with_targets(relative),
+                validation[fit][b].with_targets(relative),
+                *weights[fit],
+                alphas,
+            )
+            add_control = torch.linalg.inv(relative)
             with torch.no_grad():
-                heads.weights.copy_(solution.weights)
+                heads.weights.copy_(solution.weights @ add_control)
                 heads.alpha.copy_(torch.as_tensor(solution.alpha))
-                probe_model.shifts[fit][b] = solution.intercepts
+                probe_model.shifts[fit][b] = solution.intercepts @ add_control
             chosen[fit].append(
                 {"alpha": solution.alpha.tolist(), "at_edge": solution.at_edge.tolist()}
             )
