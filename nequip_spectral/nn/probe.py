@@ -102,6 +102,9 @@ class SpectralProbeModel(GraphModuleMixin, torch.nn.Module):
             }
         )
         self.irreps_harmonics = self.heads[ENERGY_FIT][0].irreps_harmonics
+        # built once: e3nn's spherical_harmonics() compiles a new module on every call
+        self.harmonics = o3.SphericalHarmonics(self.irreps_harmonics, normalize=True,
+                                               normalization="integral")  # fmt: skip
         self.with_backbone_prediction = self.probe.target == "residual"
         self.register_buffer(
             "center_types", torch.tensor([type_names.index(s) for s in self.probe.centers])
@@ -197,7 +200,7 @@ class SpectralProbeModel(GraphModuleMixin, torch.nn.Module):
         pos = data[AtomicDataDict.POSITIONS_KEY]
         batch = _atom_frames(data)
         direction = data[MARKED_DIRECTION_KEY].to(dtype).view(-1, 3)[batch]
-        harmonics = o3.spherical_harmonics(self.irreps_harmonics, direction, normalize=True)
+        harmonics = self.harmonics(direction)
         readout = torch.ones(pos.shape[0], 1, dtype=dtype, device=pos.device)
         if self.probe.readout == "centers":
             types = data[AtomicDataDict.ATOM_TYPE_KEY].view(-1)
