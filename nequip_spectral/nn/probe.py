@@ -312,7 +312,9 @@ class SpectralProbeModel(GraphModuleMixin, torch.nn.Module):
                 def derivative(d, b=b, x=x):  # of the per-frame features along d
                     return torch.func.jvp(lambda z: frame_features(b, z), (x,), (d,))[1]
 
-                along_features = torch.func.vmap(derivative)(derivatives)
+                along_features = torch.cat(  # directions in chunks: (S, atoms, K) is large
+                    [torch.func.vmap(derivative)(chunk) for chunk in derivatives.split(16)]
+                )
                 force_targets = targets("forces")
                 along = per_frame_sum(torch.einsum("snc,nch->snh", tangents.to(torch.float64),
                                                    force_targets))  # fmt: skip
