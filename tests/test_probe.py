@@ -428,3 +428,14 @@ def test_probe_and_its_report_sums_run_on_cuda(probe, aspirin_atoms):
         if solver == "closed_form":
             data = collect(model.model, [aspirin_frames(aspirin_atoms[:2], setup)], 2, "cuda")
             assert data[FORCE_FIT][0].force_gram.device.type == "cpu"
+
+
+def test_backbones_that_do_not_fit_the_data_are_refused(probe):
+    """The data's type names in another order, and a neighbor list shorter than the
+    backbone's r_max (5.0): both stop before anything trains, naming the file."""
+    with pytest.raises(SpectralProbeError, match=r"has type names \['C', 'H', 'O'\], the data"):
+        FrozenBackboneSPN(seed=0, model_dtype="float64", type_names=["C", "O", "H"], r_max=5.0,
+                          probe=probe)  # fmt: skip
+    with pytest.raises(SpectralProbeError, match=r"has r_max 5\.0, more than the neighbor list"):
+        FrozenBackboneSPN(seed=0, model_dtype="float64", type_names=TYPE_NAMES, r_max=4.5,
+                          probe=probe)  # fmt: skip
