@@ -72,14 +72,14 @@ def _backbone():
     )
 
 
-def _probe(l_values, force_spectrum, solver):
+def _probe(l_values, force_spectrum, solver, directions=None):
     from nequip.utils import torch_default_dtype
 
     from ..model import freeze_and_tap
     from ..nn import SpectralProbeModel
 
     probe = {"backbones": ["in-process"], "l_values": l_values, "solver": solver,
-             "force_spectrum": force_spectrum}  # fmt: skip
+             "force_spectrum": force_spectrum, "force_directions": directions}  # fmt: skip
     with torch_default_dtype(torch.float32):
         torch.manual_seed(0)
         model = SpectralProbeModel([freeze_and_tap(_backbone())], probe, TYPE_NAMES)
@@ -120,13 +120,13 @@ def _train_steps(name, l_values, force_spectrum, batches, warmup, threads, queue
     queue.put({"first": step[0], "later": step.get(1, step[0]), "peak_mb": _peak_mb(start_rss)})
 
 
-def _closed_form(l_values, force_spectrum, batches, warmup, threads, queue):
+def _closed_form(l_values, force_spectrum, directions, batches, warmup, threads, queue):
     """Run in a child: seconds per frame of the closed-form pass, and of the solve."""
     from ..train.closed_form import solve_heads
 
     torch.set_num_threads(threads)
     start_rss = _rss_mb()
-    model, _ = _probe(l_values, force_spectrum, "closed_form")
+    model, _ = _probe(l_values, force_spectrum, "closed_form", directions)
     systems = {fit: [_empty(model, fit)] for fit in model.fits}
     frames, seconds = 0, 0.0
     for i, batch in enumerate(batches):
@@ -184,8 +184,8 @@ def main(argv=None) -> None:
     def steps(name, ls, forces):
         return in_child(_train_steps, name, ls, forces, batches, warmup, args.threads)
 
-    def closed(ls, forces):
-        return in_child(_closed_form, ls, forces, batches, warmup, args.threads)
+    def closed(ls, forces, directions=None):
+        return in_child(_closed_form, ls, forces, directions, batches, warmup, args.threads)
 
     backbone = steps("backbone", few, True)
     epoch = backbone["first"] * EPOCH_FRAMES / args.batch_size  # seconds, the unit
@@ -194,20 +194,23 @@ def main(argv=None) -> None:
         sgd = steps("sgd", few, forces)
         steps_per_epoch = EPOCH_FRAMES / args.batch_size
         sgd_total = (sgd["first"] + (SGD_EPOCHS - 1) * sgd["later"]) * steps_per_epoch
-        rows.append((f"sgd, {SGD_EPOCHS} epochs, {label}", sgd_total, sgd["peak_mb"], None))
-        for ls in (few, many):
-            result = closed(ls, forces)
+        name = f"sgd, {SGD_EPOCHS} epochs, l 0..{few[-1]}, {label}"
+        rows.append((name, sgd_total, sgd["peak_mb"], None))
+        runs = [(few, None), (many, None)] + [(few, 16)] * forces  # (sketched: 16 directions)
+        for ls, directions in runs:
+            result = closed(ls, forces, directions)
             total = result["per_frame"] * (EPOCH_FRAMES + VALIDATION_FRAMES) + result["solve"]
-            rows.append((f"closed form, l 0..{ls[-1]}, {label}", total, result["peak_mb"], result))
+            sketch = f", {directions} directions" if directions else ""
+            name = f"closed form, l 0..{ls[-1]}, {label}{sketch}"
+            rows.append((name, total, result["peak_mb"], result))
     print(
         f"{args.batch_size} frames a batch, {args.steps} timed batches, {args.threads} thread(s);"
         f" a backbone-training epoch = {EPOCH_FRAMES} frames = {epoch:.1f} s "
         f"(peak {backbone['peak_mb']:.0f} MB)"
     )
-    print(f"{'spectrum, l 0..7 unless said':<46} {'seconds':>8} {'backbone epochs':>16} "
-          f"{'peak MB':>8}")  # fmt: skip
+    print(f"{'spectrum':<60} {'seconds':>8} {'backbone epochs':>16} {'peak MB':>8}")
     for name, seconds, peak, _ in rows:
-        print(f"{name:<46} {seconds:>8.1f} {seconds / epoch:>16.2f} {peak:>8.0f}")
+        print(f"{name:<60} {seconds:>8.1f} {seconds / epoch:>16.2f} {peak:>8.0f}")
     by_name = {name: (seconds, result) for name, seconds, _, result in rows}
     ef, ef_many = (by_name[f"closed form, l 0..{ls[-1]}, energies + forces"] for ls in (few, many))
     e = by_name[f"closed form, l 0..{few[-1]}, energies alone"]

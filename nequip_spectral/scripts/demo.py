@@ -39,6 +39,10 @@ def main(argv=None) -> None:
     parser.add_argument(
         "--energy-only", action="store_true", help="the energy spectrum alone (no forces)"
     )
+    parser.add_argument(
+        "--force-directions", type=int, default=16,
+        help="closed form: force directions a frame (a quick sketch; 0: all components)",
+    )  # fmt: skip
     args, overrides = parser.parse_known_args(argv)
     if not CONFIGS.is_dir():
         sys.exit(f"{CONFIGS} not found: run the demo from a clone of the repository")
@@ -60,6 +64,7 @@ def main(argv=None) -> None:
         [*train, "-cn", "aspirin_probe.yaml", f"hydra.run.dir={output / 'probe'}",
          f"max_epochs={args.probe_epochs}", f"spectral_probe.solver={args.solver}",
          f"force_spectrum={str(not args.energy_only).lower()}",
+         f"spectral_probe.force_directions={args.force_directions or 'null'}",
          f"spectral_probe.backbones=[{output / 'backbone' / 'best.ckpt'}]", *overrides],
     )  # fmt: skip
     print(
