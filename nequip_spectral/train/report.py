@@ -262,7 +262,8 @@ def plot_spectrum(report: dict, path) -> None:
             if report["n_backbones"] > 1:
                 err = [report["per_l_std"][str(l)][key] or 0.0 for l in ls]
             shown = np.clip(mean, *_Y_RANGE)
-            line = ax.errorbar(ls, shown, yerr=err, marker=marker, capsize=3, label=kind)
+            label = f"{kind.replace('forces', 'force')} spectrum"
+            line = ax.errorbar(ls, shown, yerr=err, marker=marker, capsize=3, label=label)
             outside = np.isfinite(mean) & (shown != np.asarray(mean))
             ax.scatter(
                 np.asarray(ls)[outside], shown[outside], s=90, marker=marker,
