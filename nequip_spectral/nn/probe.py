@@ -223,10 +223,7 @@ class SpectralProbeModel(GraphModuleMixin, torch.nn.Module):
 
         out = dict(data)
         for b, (features, energy, forces) in enumerate(self._backbone_outputs(data)):
-            if energy is not None:  # the backbone's prediction: a fixed target, kept in float64
-                out[backbone_energy_key(b)] = energy.detach().to(torch.float64)
-            if forces is not None:
-                out[backbone_forces_key(b)] = forces.detach().to(torch.float64)
+            out.update(_predictions(b, energy, forces))
             for fit in self.fits:
                 heads = self.heads[fit][b]
                 inputs = features.detach().to(dtype)
@@ -282,10 +279,7 @@ class SpectralProbeModel(GraphModuleMixin, torch.nn.Module):
 
         tangents = self._force_sketch(data) if self.with_forces else []
         for b, (features, energy, forces) in enumerate(self._backbone_outputs(data)):
-            outputs = {}
-            if energy is not None:
-                outputs[backbone_energy_key(b)] = energy.detach().to(torch.float64)
-                outputs[backbone_forces_key(b)] = forces if forces is None else forces.detach()
+            outputs = _predictions(b, energy, forces)
 
             def targets(kind, b=b, outputs=outputs):  # (values, [3,] heads)
                 return torch.stack(
@@ -300,7 +294,7 @@ class SpectralProbeModel(GraphModuleMixin, torch.nn.Module):
             if not self.with_forces:
                 continue
             # the features' derivatives along every direction (Jacobian-vector products, as
-            # the derivative of u -> J^T u), then the feature map's, all directions at once
+            # the derivative of u -> J^T u), then the feature map's along those
             u = torch.zeros_like(features, requires_grad=True)
             (vjp,) = torch.autograd.grad(features, pos, u, create_graph=True)
             derivatives = torch.stack(
@@ -337,6 +331,15 @@ class SpectralProbeModel(GraphModuleMixin, torch.nn.Module):
             tangents[: len(directions), start : start + directions.shape[1]] = directions
             start += directions.shape[1]
         return tangents.to(device=pos.device, dtype=pos.dtype)
+
+
+def _predictions(b: int, energy, forces) -> dict:
+    """Backbone ``b``'s own energy and forces (where computed), fixed targets in float64."""
+    predictions = {}
+    for key, value in ((backbone_energy_key(b), energy), (backbone_forces_key(b), forces)):
+        if value is not None:
+            predictions[key] = value.detach().to(torch.float64)
+    return predictions
 
 
 def _atom_frames(data) -> torch.Tensor:

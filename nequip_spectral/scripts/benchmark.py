@@ -19,7 +19,7 @@ import time
 import ase.io
 import torch
 
-from .._keys import MAX_PROBE_L  # noqa: F401  (registers the fields before the data is read)
+from .._keys import ENERGY_FIT  # (importing _keys registers the fields before the data is read)
 from ..data import BUNDLED_ASPIRIN, SpectralInjection, frames_from_ase
 
 TYPE_NAMES = ["C", "H", "O"]
@@ -144,7 +144,7 @@ def _closed_form(l_values, force_spectrum, directions, batches, warmup, threads,
     solve_heads(model, systems, systems, 1.0, 1.0)
     solve = time.perf_counter() - begin
     queue.put({"per_frame": seconds / frames, "solve": solve, "peak_mb": _peak_mb(start_rss),
-               "features": model.heads["e"][0].features.num_features})  # fmt: skip
+               "features": model.heads[ENERGY_FIT][0].features.num_features})  # fmt: skip
 
 
 def _empty(model, fit):

@@ -7,6 +7,7 @@ import torch
 from hydra.utils import instantiate
 from nequip.data import AtomicDataDict
 
+from .._keys import ENERGY_FIT
 from ..config import SpectralProbeConfig
 from ..targets import KINDS
 from .best_heads import BestHeads
@@ -189,7 +190,7 @@ class SpectralMetrics(lightning.Callback):
             control.numpy(),
             self.probe,
             L=probe_model.backbones[0].irreps.lmax,
-            head_parameters=probe_model.heads["e"][0].parameters_per_head,
+            head_parameters=probe_model.heads[ENERGY_FIT][0].parameters_per_head,
             n_bootstrap=self.n_bootstrap,
             block_length=self.block_length,
             seed=self.probe.seed,
@@ -235,7 +236,7 @@ def _solver_summary(probe_model) -> dict:
 
 
 def _describe_solution(result: dict, probe_model) -> str:
-    heads = probe_model.heads["e"][0]
+    heads = probe_model.heads[ENERGY_FIT][0]
     lines = [
         f"closed form: {heads.features.num_features} features per head "
         f"({heads.features.irreps_mix}), {result['train_frames']} training and "
