@@ -1,6 +1,13 @@
-"""Modules: the SPN head and the probe that runs it on frozen backbones."""
+"""Modules: the SPN heads (sgd and closed form) and the probe that runs them on backbones."""
 
+from .polynomial import LinearHeads, PolynomialFeatures
 from .probe import FrozenBackbone, SpectralProbeModel
 from .spn import SPNHeads
 
-__all__ = ["FrozenBackbone", "SPNHeads", "SpectralProbeModel"]
+__all__ = [
+    "FrozenBackbone",
+    "LinearHeads",
+    "PolynomialFeatures",
+    "SPNHeads",
+    "SpectralProbeModel",
+]

@@ -1,13 +1,19 @@
-"""Pure math of the diagnostic (torch and e3nn only): the signal and the span theorem."""
+"""Pure math of the diagnostic (torch and e3nn only): the signal, the span theorem and the
+closed form's least squares."""
 
+from .ridge import LeastSquaresData, RidgeSolution, sketch_directions, solve_ridge
 from .signal import legendre, pair_signal, polynomial_cutoff
 from .span import boundary_multiplicity, span_dimensions, span_table, verify_span
 
 __all__ = [
+    "LeastSquaresData",
+    "RidgeSolution",
     "boundary_multiplicity",
     "legendre",
     "pair_signal",
     "polynomial_cutoff",
+    "sketch_directions",
+    "solve_ridge",
     "span_dimensions",
     "span_table",
     "verify_span",
