@@ -230,3 +230,22 @@ def test_a_bad_frame_in_the_test_split_stops_before_training(tiny_backbone, tiny
     result = nequip_train("aspirin_probe.yaml", tmp_path / "run", *overrides, check=False)
     assert result.returncode != 0 and f"frame {bad} of {path}" in result.stderr
     assert not (tmp_path / "run" / "best.ckpt").exists()
+
+
+def test_two_ddp_processes_give_one_process_report(probe_run, tiny_backbone, tiny_aspirin,
+                                                   tmp_path):  # fmt: skip
+    """A real 2-process (gloo) nequip-train run: the closed form's normal equations are joined
+    across ranks before the solve, the test sums before any ratio."""
+    run_dir, _ = probe_run
+    ddp_dir = tmp_path / "ddp"
+    result = nequip_train(
+        "aspirin_probe.yaml", ddp_dir, *probe_overrides(tiny_backbone["ckpt"], tiny_aspirin),
+        "++trainer.strategy=ddp", "++trainer.devices=2", "++trainer.accelerator=cpu",
+    )  # fmt: skip
+    assert "GLOBAL_RANK: 1" in result.stdout + result.stderr
+    single = json.loads((run_dir / "spectral_report.json").read_text())
+    double = json.loads((ddp_dir / "spectral_report.json").read_text())
+    assert double["n_test_frames"] == single["n_test_frames"]
+    for l, row in single["per_l"].items():
+        for key, value in row.items():
+            assert double["per_l"][l][key] == pytest.approx(value, rel=1e-5, abs=1e-9), (l, key)
