@@ -74,3 +74,20 @@ def tiny_backbone(tmp_path_factory, tiny_aspirin):
         capture_output=True,
     )
     return {"ckpt": str(run_dir / "best.ckpt"), "package": str(package)}
+
+
+@pytest.fixture(scope="session")
+def tiny_backbone_l1(tmp_path_factory, tiny_aspirin):
+    """A tiny NequIP l_max = 1 backbone (one epoch), for refusing mixed degrees."""
+    run_dir = tmp_path_factory.mktemp("backbone_l1")
+    nequip_train(
+        "aspirin_backbone.yaml",
+        run_dir,
+        f"dataset_file={tiny_aspirin}",
+        "max_epochs=1",
+        "num_features=4",
+        "l_max=1",
+        "training_module.model.num_layers=2",
+        "run=[train]",
+    )
+    return str(run_dir / "best.ckpt")

@@ -439,3 +439,9 @@ def test_backbones_that_do_not_fit_the_data_are_refused(probe):
     with pytest.raises(SpectralProbeError, match=r"has r_max 5\.0, more than the neighbor list"):
         FrozenBackboneSPN(seed=0, model_dtype="float64", type_names=TYPE_NAMES, r_max=4.5,
                           probe=probe)  # fmt: skip
+
+
+def test_backbones_of_different_degree_are_refused(tiny_backbone, tiny_backbone_l1):
+    probe = {"backbones": [tiny_backbone["ckpt"], tiny_backbone_l1], "l_values": [2]}
+    with pytest.raises(SpectralProbeError, match="different degrees L"):
+        build(probe)

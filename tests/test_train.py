@@ -249,3 +249,11 @@ def test_two_ddp_processes_give_one_process_report(probe_run, tiny_backbone, tin
     for l, row in single["per_l"].items():
         for key, value in row.items():
             assert double["per_l"][l][key] == pytest.approx(value, rel=1e-5, abs=1e-9), (l, key)
+
+
+def test_readout_over_the_centers_runs_end_to_end(tiny_backbone, tiny_aspirin, tmp_path):
+    run_dir = tmp_path / "centers"
+    overrides = probe_overrides(tiny_backbone["ckpt"], tiny_aspirin)
+    nequip_train("aspirin_probe.yaml", run_dir, *overrides, "spectral_probe.readout=centers")
+    report = json.loads((run_dir / "spectral_report.json").read_text())
+    assert all(math.isfinite(row["rho"]) for row in report["per_l"].values())
