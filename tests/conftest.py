@@ -51,43 +51,38 @@ def tiny_aspirin(tmp_path_factory):
     return path
 
 
-@pytest.fixture(scope="session")
-def tiny_backbone(tmp_path_factory, tiny_aspirin):
-    """A tiny NequIP l_max = 2 backbone trained for one epoch, as .ckpt and .nequip.zip."""
-    import subprocess
-
-    run_dir = tmp_path_factory.mktemp("backbone")
+def train_tiny_backbone(run_dir, dataset, *overrides) -> str:
+    """A tiny NequIP backbone (4 features, 2 layers) trained for one epoch; its best.ckpt."""
     nequip_train(
         "aspirin_backbone.yaml",
         run_dir,
-        f"dataset_file={tiny_aspirin}",
+        f"dataset_file={dataset}",
         "max_epochs=1",
         "num_features=4",
         "training_module.model.num_layers=2",
-        "training_module.model.model_dtype=float64",
         "run=[train]",
+        *overrides,
+    )
+    return str(run_dir / "best.ckpt")
+
+
+@pytest.fixture(scope="session")
+def tiny_backbone(tmp_path_factory, tiny_aspirin):
+    """A tiny NequIP l_max = 2 backbone in float64, as .ckpt and .nequip.zip."""
+    import subprocess
+
+    run_dir = tmp_path_factory.mktemp("backbone")
+    checkpoint = train_tiny_backbone(
+        run_dir, tiny_aspirin, "training_module.model.model_dtype=float64"
     )
     package = run_dir / "backbone.nequip.zip"
     subprocess.run(
-        ["nequip-package", "build", str(run_dir / "best.ckpt"), str(package)],
-        check=True,
-        capture_output=True,
+        ["nequip-package", "build", checkpoint, str(package)], check=True, capture_output=True
     )
-    return {"ckpt": str(run_dir / "best.ckpt"), "package": str(package)}
+    return {"ckpt": checkpoint, "package": str(package)}
 
 
 @pytest.fixture(scope="session")
 def tiny_backbone_l1(tmp_path_factory, tiny_aspirin):
-    """A tiny NequIP l_max = 1 backbone (one epoch), for refusing mixed degrees."""
-    run_dir = tmp_path_factory.mktemp("backbone_l1")
-    nequip_train(
-        "aspirin_backbone.yaml",
-        run_dir,
-        f"dataset_file={tiny_aspirin}",
-        "max_epochs=1",
-        "num_features=4",
-        "l_max=1",
-        "training_module.model.num_layers=2",
-        "run=[train]",
-    )
-    return str(run_dir / "best.ckpt")
+    """A tiny NequIP l_max = 1 backbone, for refusing mixed degrees."""
+    return train_tiny_backbone(tmp_path_factory.mktemp("backbone_l1"), tiny_aspirin, "l_max=1")
