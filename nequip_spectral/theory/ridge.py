@@ -13,12 +13,13 @@ The weighted loss of the probe,
 
 is a ridge regression. Its data are kept as :class:`LeastSquaresData`: the energy rows
 themselves (one per frame, :math:`K` numbers) and the force rows' normal equations
-:math:`\sum g g^\top`, :math:`\sum g\, t^F` (force rows come from a few random directions per
-frame, see :func:`sketch_directions`). :func:`solve_ridge` partials out the intercept, scales
-the features to a unit diagonal (:math:`D`), and solves for every :math:`\alpha` of a grid at
-once from one eigendecomposition (of the :math:`K \times K` normal matrix, or of the
-frames' Gram matrix when there are fewer energy rows than features and no force rows); each
-head keeps the :math:`\alpha` with the lowest loss on the validation data.
+:math:`\sum g g^\top`, :math:`\sum g\, t^F` (a force row per force component, or per random
+direction of a sketch, see :func:`sketch_directions`). :func:`solve_ridge` partials out the
+intercept, scales the features to a unit diagonal (:math:`D`), and solves for every
+:math:`\alpha` of a grid at once from one eigendecomposition (of the :math:`K \times K`
+normal matrix, or of the frames' Gram matrix when there are fewer energy rows than features
+and no force rows); each head keeps the :math:`\alpha` with the lowest loss on the
+validation data.
 """
 
 import dataclasses
@@ -145,11 +146,6 @@ class RidgeSolution:
     validation_loss: np.ndarray
 
 
-def _intercept_projector(types: torch.Tensor) -> torch.Tensor:
-    """``(types, frames)``: the least-squares intercept of any targets, ``pinv(U)``."""
-    return torch.linalg.pinv(types)
-
-
 def _loss(data, weights, intercepts, energy_coeff, forces_coeff) -> torch.Tensor:
     """``(heads,)`` the probe's loss (without the penalty) of linear heads on ``data``."""
     loss = torch.zeros(weights.shape[-1], dtype=torch.float64)
@@ -184,7 +180,7 @@ def solve_ridge(
     if not energy_coeff and not use_forces:
         raise ValueError("solve_ridge: nothing to fit (no energy weight and no force rows)")
     # the intercept fits energies only; partial it out of the energy rows (Frisch-Waugh)
-    projector = _intercept_projector(train.energy_types)
+    projector = torch.linalg.pinv(train.energy_types)  # targets -> least-squares intercepts
     rows = train.energy_rows - train.energy_types @ (projector @ train.energy_rows)
     targets = train.energy_targets - train.energy_types @ (projector @ train.energy_targets)
     energy_weight = energy_coeff / max(train.num_frames, 1)
@@ -216,11 +212,10 @@ def solve_ridge(
         ]
     )
     best = losses.argmin(0)
-    weights, intercepts = zip(*(solution(alphas[i]) for i in best), strict=True)
-    heads = range(len(best))
+    solved = {i: solution(alphas[i]) for i in set(best.tolist())}  # once per chosen strength
     return RidgeSolution(
-        weights=torch.stack([weights[h][:, h] for h in heads], 1),
-        intercepts=torch.stack([intercepts[h][:, h] for h in heads], 1),
+        weights=torch.stack([solved[i][0][:, h] for h, i in enumerate(best)], 1),
+        intercepts=torch.stack([solved[i][1][:, h] for h, i in enumerate(best)], 1),
         alpha=np.asarray(alphas)[best],
         at_edge=(best == 0) | (best == len(alphas) - 1),
         validation_loss=losses,

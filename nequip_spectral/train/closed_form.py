@@ -2,8 +2,8 @@
 
 Every head of the probe is linear in its weights (``solver: closed_form``), so fitting it is a
 ridge regression (:mod:`nequip_spectral.theory.ridge`). One pass over the training split
-collects every backbone's least-squares data (energy rows, force rows of a few random
-directions per frame), one over the validation split the same for choosing each head's ridge
+collects every backbone's least-squares data (energy rows, a force row per force component or
+per sketched direction), one over the validation split the same for choosing each head's ridge
 strength; under DDP each rank takes every ``world``-th batch and the data are joined before
 solving. The energy spectrum's heads are then solved on energies alone, the force spectrum's
 on energies and forces with the loss's weights (each head relative to the control head, see
