@@ -86,3 +86,21 @@ def tiny_backbone(tmp_path_factory, tiny_aspirin):
 def tiny_backbone_l1(tmp_path_factory, tiny_aspirin):
     """A tiny NequIP l_max = 1 backbone, for refusing mixed degrees."""
     return train_tiny_backbone(tmp_path_factory.mktemp("backbone_l1"), tiny_aspirin, "l_max=1")
+
+
+def as_frames(head, control, l_values, kinds=("forces", "energy"), L=2):
+    """The per-frame sums of a synthetic test set, as the report reads them."""
+    import dataclasses
+
+    import numpy as np
+
+    from nequip_spectral.config import SpectralProbeConfig
+    from nequip_spectral.train.frames import FrameSums
+
+    backbones = tuple(f"b{b}.ckpt" for b in range(head.shape[0]))
+    probe = SpectralProbeConfig(backbones=backbones, l_values=tuple(l_values))
+    num_frames = head.shape[1]
+    context = {"probe": dataclasses.asdict(probe), "L": L, "kinds": list(kinds),
+               "head_parameters": 1, "solver": {}, "n_bootstrap": 50, "block_length": None}  # fmt: skip
+    return FrameSums(head, control, np.array(["f"] * num_frames), np.arange(num_frames),
+                      np.arange(num_frames), context)  # fmt: skip

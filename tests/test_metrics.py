@@ -1,8 +1,9 @@
 import numpy as np
 import pytest
 import torch
+from conftest import as_frames
 
-from nequip_spectral.theory.metrics import frame_sums, hierarchical_bootstrap, spectrum
+from nequip_spectral.theory.metrics import bootstrap_spectrum, frame_sums, spectrum
 
 NUM_FRAMES, PER_FRAME = 40, 12
 
@@ -64,16 +65,19 @@ def test_half_recovery():
 
 
 def test_bootstrap_of_a_clear_cliff():
+    from nequip_spectral.theory.bootstrap import summarize
+
     recovered, _, _ = synthetic(lambda t, c, e, g: t)
     lost, control, _ = synthetic(lambda t, c, e, g: c, seed=1)
     head = np.stack([recovered, lost], axis=1)[None]  # one backbone, l = a and l = b
-    result = hierarchical_bootstrap(head, control[None], 0, 1, n_replicates=300, block_length=5)
-    assert result["rho_diff"]["frac_le_0"] == 0.0
-    low, high = result["rho_diff"]["ci95"]
-    assert low <= result["rho_diff"]["mean"] <= high and low > 0.8
+    result = bootstrap_spectrum(head, control[None], 0, 1, block_length=5, n_replicates=300)
+    rho_diff = summarize(result["rho_diff"])
+    assert rho_diff["frac_le_0"] == 0.0
+    low, high = rho_diff["ci95"]
+    assert low <= rho_diff["mean"] <= high and low > 0.8
     # with the roles swapped the difference is negative everywhere
-    swapped = hierarchical_bootstrap(head, control[None], 1, 0, n_replicates=300)
-    assert swapped["delta"]["frac_le_0"] == 1.0
+    swapped = bootstrap_spectrum(head, control[None], 1, 0, block_length=5, n_replicates=300)
+    assert summarize(swapped["delta"])["frac_le_0"] == 1.0
 
 
 def _ddp_worker(rank, world_size, port, head_half, control_half, results):
@@ -110,7 +114,6 @@ def test_ddp_reduction_equals_one_process():
 
 
 def test_report_reads_rho_and_the_cliff_from_the_primary_kind():
-    from nequip_spectral.config import SpectralProbeConfig
     from nequip_spectral.train.report import build_report
 
     recovered, control, _ = synthetic(lambda t, c, e, g: t)
@@ -118,11 +121,10 @@ def test_report_reads_rho_and_the_cliff_from_the_primary_kind():
     # kinds (forces, energy): forces recovered at l = 4 and 5, energies at neither
     head = np.stack([np.stack([recovered, recovered], 1), np.stack([lost, lost], 1)], 1)[None]
     controls = np.stack([control, control], 1)[None]
-    probe = SpectralProbeConfig(backbones=("a.ckpt",), l_values=(4, 5))
     for kinds, expected in ((("forces", "energy"), 1.0), (("energy",), 0.0)):
         measured = slice(0, 2) if len(kinds) == 2 else slice(1, 2)  # energies: the second
-        report = build_report(head[:, :, measured], controls[:, :, measured], probe, L=2,
-                              head_parameters=1, n_bootstrap=50, kinds=kinds)  # fmt: skip
+        frames = as_frames(head[:, :, measured], controls[:, :, measured], (4, 5), kinds)
+        report = build_report(frames)
         assert report["primary"] == kinds[0]
         assert report["per_l"]["4"]["rho"] == pytest.approx(expected, abs=1e-9)
         assert report["cliff"]["rho_boundary"] == pytest.approx(expected, abs=1e-9)
@@ -137,7 +139,6 @@ def test_undefined_values_are_null_in_json_and_na_in_the_table(tmp_path):
     """No injected power above the ceiling (no pair in range): rho there is undefined."""
     import json
 
-    from nequip_spectral.config import SpectralProbeConfig
     from nequip_spectral.train.report import build_report, format_table, write_report
 
     recovered, control, _ = synthetic(lambda t, c, e, g: t)
@@ -145,9 +146,7 @@ def test_undefined_values_are_null_in_json_and_na_in_the_table(tmp_path):
     silent[:, 3:5] = 0.0  # l = 5: no injected signal (sums of e and e^2 are zero)
     per_l = np.stack([recovered, silent], 1)  # (frames, l, sums)
     head = np.stack([per_l, per_l], 1)[None]  # (backbones, frames, kinds, l, sums)
-    probe = SpectralProbeConfig(backbones=("a.ckpt",), l_values=(4, 5))
-    report = build_report(head, np.stack([control, control], 1)[None], probe, L=2,
-                          head_parameters=1, n_bootstrap=20)  # fmt: skip
+    report = build_report(as_frames(head, np.stack([control, control], 1)[None], (4, 5)))
     assert report["per_l"]["5"]["rho"] is None and report["cliff"]["ratio"] is None
     table = format_table(report)
     assert "n/a" in table and "nan" not in table.lower()

@@ -11,6 +11,8 @@ import pytest
 import torch
 from conftest import nequip_train
 
+from nequip_spectral.train.frames import FrameSums
+
 L_VALUES = [0, 3, 4, 5]
 
 
@@ -43,9 +45,36 @@ def test_probe_run_writes_the_report(probe_run):
             assert math.isfinite(row[key]), key
     assert "rho_boundary" in report["cliff"] and "ci95" in report["delta"]
     with open(run_dir / "spectral_report.csv") as f:
-        assert len(list(csv.DictReader(f))) == len(L_VALUES)
+        rows = list(csv.DictReader(f))
+    assert [row["backbone"] for row in rows] == ["0"] * len(L_VALUES) + ["mean"] * len(L_VALUES)
+    assert all(float(row["rho_forces_ci95_low"]) <= float(row["rho_forces_ci95_high"])
+               for row in rows[len(L_VALUES):])  # fmt: skip
     assert (run_dir / "spectral_report.png").stat().st_size > 10_000
     assert "<- ceiling" in result.stdout
+
+
+def test_the_per_frame_file_places_every_test_frame_in_its_file(probe_run, tiny_aspirin):
+    run_dir, _ = probe_run
+    frames = FrameSums.load(run_dir)
+    report = json.loads((run_dir / "spectral_report.json").read_text())
+    assert frames.head.shape[1] == report["n_test_frames"] == len(frames.source_index)
+    assert set(frames.source_file) == {str(tiny_aspirin)}
+    indices = frames.source_index.tolist()
+    assert indices == sorted(set(indices)) and 0 <= indices[0] and indices[-1] < 40
+    assert report["bootstrap"]["frame_order"] == "source"
+
+
+def test_the_report_is_rebuilt_from_the_per_frame_file(probe_run, tmp_path):
+    run_dir, _ = probe_run
+    output = tmp_path / "rebuilt"
+    result = subprocess.run(["nequip-spectral-report", str(run_dir), "--output", str(output)],
+                            capture_output=True, text=True, check=True)  # fmt: skip
+    for name in ("spectral_report.json", "spectral_report.csv"):
+        assert (output / name).read_text() == (run_dir / name).read_text(), name
+    assert (output / "spectral_report.png").is_file() and "<- ceiling" in result.stdout
+    again = subprocess.run(["nequip-spectral-report", str(run_dir), "--output", str(output)],
+                           capture_output=True, text=True)  # fmt: skip
+    assert again.returncode != 0 and "already holds" in again.stderr
 
 
 def heads_only(checkpoint_path):
@@ -246,9 +275,15 @@ def test_two_ddp_processes_give_one_process_report(probe_run, tiny_backbone, tin
     single = json.loads((run_dir / "spectral_report.json").read_text())
     double = json.loads((ddp_dir / "spectral_report.json").read_text())
     assert double["n_test_frames"] == single["n_test_frames"]
+    assert double["bootstrap"] == single["bootstrap"]
     for l, row in single["per_l"].items():
         for key, value in row.items():
             assert double["per_l"][l][key] == pytest.approx(value, rel=1e-5, abs=1e-9), (l, key)
+    for name in ("delta", "rho_diff"):
+        assert double[name] == pytest.approx(single[name], rel=1e-4, abs=1e-9), name
+    one, two = (FrameSums.load(path) for path in (run_dir, ddp_dir))
+    np.testing.assert_array_equal(one.source_index, two.source_index)
+    np.testing.assert_allclose(one.head, two.head, rtol=1e-5, atol=1e-9)
 
 
 def test_readout_over_the_centers_runs_end_to_end(tiny_backbone, tiny_aspirin, tmp_path):

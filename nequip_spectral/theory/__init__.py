@@ -1,5 +1,5 @@
-"""Pure math of the diagnostic (torch and e3nn only): the signal, the span theorem and the
-closed form's least squares."""
+"""Pure math of the diagnostic: the signal, the span theorem, the closed form's least squares,
+the metrics and their bootstrap."""
 
 from .ridge import LeastSquaresData, RidgeSolution, sketch_directions, solve_ridge
 from .signal import legendre, pair_signal, polynomial_cutoff

@@ -25,6 +25,8 @@ and the control head keeps ``n, tt, rr`` of its own target. Then, over any set o
 import numpy as np
 import torch
 
+from .bootstrap import cluster_bootstrap
+
 HEAD_SUMS = ("n", "tt", "rr", "e", "ee", "aa")
 CONTROL_SUMS = ("n", "tt", "rr")
 
@@ -82,51 +84,58 @@ def spectrum(head_totals: np.ndarray, control_totals: np.ndarray) -> dict:
         }
 
 
-def hierarchical_bootstrap(
+def frame_contrast(head_frames: np.ndarray, boundary_index: int, above_index: int) -> np.ndarray:
+    """Each frame's share of ``Delta = G_a - G_b``, mean over backbones: the series whose
+    correlation in time sets the bootstrap's block length.
+
+    Args:
+        head_frames: ``(num_backbones, num_frames, num_l, 6)`` per-frame ``HEAD_SUMS``
+    """
+    n, tt, rr = head_frames[..., 0], head_frames[..., 1], head_frames[..., 2]
+    gain = (tt - rr) / np.where(n > 0, n, 1)
+    return (gain[..., boundary_index] - gain[..., above_index]).mean(0)
+
+
+def bootstrap_spectrum(
     head_frames: np.ndarray,
     control_frames: np.ndarray,
     boundary_index: int,
     above_index: int,
+    block_length: int,
     n_replicates: int = 2000,
-    block_length: int = 10,
     seed: int = 0,
 ) -> dict:
-    """Two-level cluster bootstrap of ``Delta = G_a - G_b`` and ``rho_a - rho_b``.
-
-    Level 1 resamples backbones with replacement; level 2 resamples contiguous blocks of
-    ``block_length`` test frames within each drawn backbone (MD frames are correlated).
+    """Replicates of the spectrum under the two-level cluster bootstrap
+    (:func:`~nequip_spectral.theory.bootstrap.cluster_bootstrap`).
 
     Args:
-        head_frames: ``(num_backbones, num_frames, num_l, 6)`` per-frame ``HEAD_SUMS``
-        control_frames: ``(num_backbones, num_frames, 3)`` per-frame ``CONTROL_SUMS``
+        head_frames: ``(num_backbones, num_frames, ..., num_l, 6)`` per-frame ``HEAD_SUMS``,
+            frames in trajectory order
+        control_frames: ``(num_backbones, num_frames, ..., 3)`` per-frame ``CONTROL_SUMS``
         boundary_index, above_index: positions of ``l = a`` and ``l = b`` on the ``num_l`` axis
+        block_length: frames per level-2 block
 
     Returns:
-        for ``"delta"`` and ``"rho_diff"``: mean, 95% percentile interval, fraction ``<= 0``
+        ``rho`` and ``R2_inj`` of shape ``(n_replicates, ..., num_l)`` (mean over the drawn
+        backbones), ``delta`` (``G_a - G_b``), ``rho_diff`` (``rho_a - rho_b``), ``rho_a``
+        and ``rho_b``, each of shape ``(n_replicates, ...)``
     """
-    rng = np.random.default_rng(seed)
-    num_backbones, num_frames = head_frames.shape[:2]
-    block_length = max(1, min(block_length, num_frames))
-    starts = np.arange(0, num_frames - block_length + 1)
-    blocks_per_draw = int(np.ceil(num_frames / block_length))
-    columns = [boundary_index, above_index]
-    replicates = np.empty((n_replicates, 2))
-    for r in range(n_replicates):
-        backbones = rng.integers(num_backbones, size=num_backbones)
-        block_starts = rng.choice(starts, size=(num_backbones, blocks_per_draw))
-        frames = (block_starts[..., None] + np.arange(block_length)).reshape(num_backbones, -1)
-        heads = head_frames[backbones[:, None], frames][:, :, columns].sum(1)
-        controls = control_frames[backbones[:, None], frames].sum(1)
-        result = spectrum(heads, controls)
-        replicates[r] = [
-            np.mean(result["gain"][:, 0] - result["gain"][:, 1]),
-            np.mean(result["rho"][:, 0] - result["rho"][:, 1]),
-        ]
+
+    def statistic(backbones, frames):
+        rows = backbones[:, None]
+        result = spectrum(head_frames[rows, frames].sum(1), control_frames[rows, frames].sum(1))
+        return np.stack([result[name].mean(0) for name in ("gain", "rho", "R2_inj")])
+
+    with np.errstate(divide="ignore", invalid="ignore"):
+        replicates = cluster_bootstrap(
+            statistic, *head_frames.shape[:2], block_length, n_replicates, seed
+        )
+    gain, rho, r2_inj = replicates[:, 0], replicates[:, 1], replicates[:, 2]
     return {
-        name: {
-            "mean": float(values.mean()),
-            "ci95": [float(q) for q in np.percentile(values, [2.5, 97.5])],
-            "frac_le_0": float(np.mean(values <= 0)),
-        }
-        for name, values in zip(("delta", "rho_diff"), replicates.T, strict=True)
+        "rho": rho,
+        "R2_inj": r2_inj,
+        "delta": gain[..., boundary_index] - gain[..., above_index],
+        "rho_diff": rho[..., boundary_index] - rho[..., above_index],
+        "rho_a": rho[..., boundary_index],
+        "rho_b": rho[..., above_index],
     }

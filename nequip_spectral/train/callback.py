@@ -1,5 +1,7 @@
 """``SpectralMetrics``: the Lightning callback that turns the test set into the spectrum."""
 
+import dataclasses
+from collections import defaultdict
 from pathlib import Path
 
 import lightning
@@ -12,6 +14,7 @@ from ..config import SpectralProbeConfig
 from ..targets import KINDS
 from .best_heads import BestHeads
 from .closed_form import fit_closed_form
+from .frames import FRAMES_FILE, FrameSums, batch_frame_ids, frame_id, frame_source
 from .metrics import force_fit_weights
 from .report import REPORT_FILES, batch_frame_sums, build_report, format_table, write_report
 
@@ -28,16 +31,13 @@ def gather_frames(tensor: torch.Tensor, dim: int = 1) -> torch.Tensor:
     return torch.cat(parts, dim=dim)
 
 
-def _frame_name(dataset, index: int) -> str:
-    """``frame I of FILE`` through any ``Subset`` of an ``ASEDataset``."""
-    while hasattr(dataset, "indices") and hasattr(dataset, "dataset"):
-        dataset, index = dataset.dataset, int(dataset.indices[index])
-    return f"frame {index} of {getattr(dataset, 'file_path', 'the dataset')}"
-
-
-def check_frames(datasets, probe: SpectralProbeConfig) -> None:
+def check_frames(datasets, probe: SpectralProbeConfig) -> dict:
     """Apply the transforms to every frame once, naming the frame of any bad input, and check
-    that each frame has the labels the probe's targets need."""
+    that each frame has the labels the probe's targets need.
+
+    Returns:
+        ``{frame_id: [(file, index), ...]}``: where each frame comes from
+    """
     needed = {}
     if probe.target == "residual":
         needed[AtomicDataDict.TOTAL_ENERGY_KEY] = "every spectrum's residual target needs them"
@@ -46,15 +46,20 @@ def check_frames(datasets, probe: SpectralProbeConfig) -> None:
                 "the force spectrum needs them; set spectral_probe.force_spectrum: false "
                 "(force_spectrum=false with the example configs) for the energy spectrum alone"
             )
+    sources = defaultdict(list)
     for dataset in datasets:
         for index in range(len(dataset)):
+            source = frame_source(dataset, index)
+            name = f"frame {source[1]} of {source[0] or 'the dataset'}"
             try:
                 frame = dataset[index]
             except (ValueError, KeyError) as error:
-                raise ValueError(f"{_frame_name(dataset, index)}: {error}") from error
+                raise ValueError(f"{name}: {error}") from error
             for key, why in needed.items():
                 if key not in frame:
-                    raise ValueError(f"{_frame_name(dataset, index)} has no '{key}': {why}")
+                    raise ValueError(f"{name} has no '{key}': {why}")
+            sources[frame_id(frame)].append(source)
+    return dict(sources)
 
 
 class SpectralMetrics(lightning.Callback):
@@ -87,7 +92,7 @@ class SpectralMetrics(lightning.Callback):
         probe: the ``spectral_probe:`` block
         output_dir: where the report goes
         n_bootstrap: bootstrap replicates
-        block_length: test frames per bootstrap block
+        block_length: test frames per bootstrap block; ``null``: chosen from the data
         batch_size: frames per batch of the closed-form pass
     """
 
@@ -96,7 +101,7 @@ class SpectralMetrics(lightning.Callback):
         probe,
         output_dir: str,
         n_bootstrap: int = 2000,
-        block_length: int = 10,
+        block_length: int | None = None,
         batch_size: int = 10,
     ):
         super().__init__()
@@ -109,6 +114,7 @@ class SpectralMetrics(lightning.Callback):
         self.closed_form = None
         self._best_heads = None
         self._batches = []
+        self._sources = {}
         self._started = False
 
     def setup(self, trainer, pl_module, stage: str) -> None:
@@ -121,7 +127,7 @@ class SpectralMetrics(lightning.Callback):
             for datasets in (datamodule.train_dataset, datamodule.val_dataset, instantiate(test)):
                 check_frames(datasets or [], self.probe)
         elif stage == "test" and trainer.is_global_zero:
-            check_frames(datamodule.test_dataset or [], self.probe)
+            self._sources = check_frames(datamodule.test_dataset or [], self.probe)
 
     def on_fit_start(self, trainer, pl_module) -> None:
         # (Lightning knows a resumed run's checkpoint only after the setup hooks)
@@ -175,28 +181,34 @@ class SpectralMetrics(lightning.Callback):
         output = outputs[f"test_{dataloader_idx}_output"]
         kinds = _kinds(_probe_model(pl_module))
         with torch.no_grad():
-            self._batches.append(
-                batch_frame_sums(output, batch, self.probe, len(self.probe.backbones), kinds)
+            head, control = batch_frame_sums(
+                output, batch, self.probe, len(self.probe.backbones), kinds
             )
+        self._batches.append((head, control, batch_frame_ids(batch)))
 
     def on_test_epoch_end(self, trainer, pl_module) -> None:
-        head = gather_frames(torch.cat([h for h, _ in self._batches], dim=1))
-        control = gather_frames(torch.cat([c for _, c in self._batches], dim=1))
+        head, control, ids = (
+            gather_frames(torch.cat(parts, dim=dim), dim=dim)
+            for parts, dim in zip(zip(*self._batches, strict=True), (1, 1, 0), strict=True)
+        )
         if trainer.global_rank != 0:
             return
         probe_model = _probe_model(pl_module)
-        self.report = build_report(
-            head.numpy(),
-            control.numpy(),
-            self.probe,
-            L=probe_model.backbones[0].irreps.lmax,
-            head_parameters=probe_model.heads[ENERGY_FIT][0].parameters_per_head,
-            n_bootstrap=self.n_bootstrap,
-            block_length=self.block_length,
-            seed=self.probe.seed,
-            kinds=_kinds(probe_model),
-            solver=_solver_summary(probe_model),
+        context = {
+            "probe": dataclasses.asdict(self.probe),
+            "L": probe_model.backbones[0].irreps.lmax,
+            "kinds": _kinds(probe_model),
+            "head_parameters": probe_model.heads[ENERGY_FIT][0].parameters_per_head,
+            "solver": _solver_summary(probe_model),
+            "n_bootstrap": self.n_bootstrap,
+            "block_length": self.block_length,
+        }
+        frames = FrameSums.from_test(
+            head.numpy(), control.numpy(), ids.numpy(), self._sources, context
         )
+        self.output_dir.mkdir(parents=True, exist_ok=True)
+        frames.save(self.output_dir / FRAMES_FILE)
+        self.report = build_report(frames)
         write_report(self.report, self.output_dir)
         print(format_table(self.report), flush=True)
         print(f"spectral report written to {self.output_dir}", flush=True)

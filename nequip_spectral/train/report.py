@@ -11,7 +11,9 @@ from nequip.data import AtomicDataDict
 from .._keys import SPECTRUM_FIT, head_name
 from ..config import SpectralProbeConfig
 from ..targets import FIELDS, KINDS, head_target
-from ..theory.metrics import frame_sums, hierarchical_bootstrap, spectrum
+from ..theory.bootstrap import choose_block_length, summarize
+from ..theory.metrics import bootstrap_spectrum, frame_contrast, frame_sums, spectrum
+from .frames import FrameSums
 
 REPORT_FILES = ("spectral_report.json", "spectral_report.csv", "spectral_report.png")
 _Y_RANGE = (-1.0, 1.5)  # the plot's axes; values beyond are drawn on the edge
@@ -95,28 +97,27 @@ def _json_safe(value):
 
 
 def build_report(
-    head: np.ndarray,
-    control: np.ndarray,
-    probe: SpectralProbeConfig,
-    L: int,
-    head_parameters: int,
-    n_bootstrap: int = 2000,
-    block_length: int = 10,
-    seed: int = 0,
-    kinds=KINDS,
-    solver: dict | None = None,
+    frames: FrameSums,
+    n_bootstrap: int | None = None,
+    block_length: int | None = None,
+    frame_order: str = "source",
 ) -> dict:
-    """The report dictionary (``spectral_report.json``) from the per-frame sums of the test set.
+    """The report dictionary (``spectral_report.json``) from the test set's per-frame sums.
 
     Args:
-        head: ``(backbones, frames, kinds, l_values, 6)`` per-frame head sums
-        control: ``(backbones, frames, kinds, 3)`` per-frame control sums
-        L: degree of the tapped features
-        head_parameters: trainable parameters (closed form: features) of one SPN head
-        kinds: the spectra measured, in the order of the sums' kind axis; the first one
-            (forces when measured) is behind ``rho``, the cliff and the bootstrap
-        solver: what the solver reports (closed form: the ridge strength of every head)
+        frames: the per-frame sums and their context (the probe block, ``L``, the kinds, the
+            solver summary; the kinds' first one, forces when measured, is behind ``rho``,
+            the cliff and the contrasts)
+        n_bootstrap: bootstrap replicates (default: the run's)
+        block_length: frames per bootstrap block (default: the run's setting, which is
+            ``None`` for a length chosen from the data)
+        frame_order: ``source`` (blocks of frames consecutive in the trajectory) or
+            ``loader`` (the order the test loader gave, for comparison)
     """
+    context = frames.context
+    probe = SpectralProbeConfig.from_block(context["probe"])
+    kinds = tuple(context["kinds"])
+    head, control = frames.in_order(frame_order)
     primary = kinds[0]
     per_kind = {
         kind: spectrum(head[:, :, k].sum(1), control[:, :, k].sum(1))  # (backbones, l)
@@ -135,9 +136,9 @@ def build_report(
             table[str(l)] = row
         return table
 
-    boundary = probe.degree * L
+    boundary = probe.degree * context["L"]
     report = {
-        "L": L,
+        "L": context["L"],
         "degree": probe.degree,
         "boundary": boundary,
         "l_values": list(probe.l_values),
@@ -146,11 +147,11 @@ def build_report(
         "target": probe.target,
         "primary": primary,
         "spectra": {kind: QUESTIONS[kind] for kind in kinds},
-        "solver": {"name": probe.solver, **(solver or {})},
+        "solver": {"name": probe.solver, **context["solver"]},
         "amplitude": probe.amplitude,
         "channels": probe.channels,
         "activation": probe.activation,
-        "head_parameters": head_parameters,
+        "head_parameters": context["head_parameters"],
         "per_l": per_l(lambda m, kind: per_kind[kind][m].mean(0)),
         "per_l_std": per_l(lambda m, kind: per_kind[kind][m].std(0)),
         "per_backbone": [
@@ -160,29 +161,60 @@ def build_report(
     }
 
     above = boundary + 1
-    if boundary in probe.l_values and above in probe.l_values:
-        rho_a = report["per_l"][str(boundary)]["rho"]
-        rho_b = report["per_l"][str(above)]["rho"]
-        defined = rho_a is not None and rho_b is not None and rho_b > 0
-        report["cliff"] = {
-            "rho_boundary": rho_a,
-            "rho_above": rho_b,
-            "ratio": rho_a / rho_b if defined else None,
-            "note": None if defined else "not defined: rho_above <= 0",
-        }
-        bootstrap = hierarchical_bootstrap(
-            head[:, :, 0],
-            control[:, :, 0],
-            probe.l_values.index(boundary),
-            probe.l_values.index(above),
-            n_replicates=n_bootstrap,
-            block_length=block_length,
-            seed=seed,
-        )
-        report.update(_json_safe(bootstrap))
-    else:
-        report["cliff"] = {"note": f"l_values must contain {boundary} and {above}"}
+    if boundary not in probe.l_values or above not in probe.l_values:
+        message = f"l_values must contain {boundary} and {above}"
+        report["cliff"] = {"note": message}
+        report["bootstrap"] = {"note": f"not run: {message}"}
+        return report
+    a, b = probe.l_values.index(boundary), probe.l_values.index(above)
+    rho_a, rho_b = report["per_l"][str(boundary)]["rho"], report["per_l"][str(above)]["rho"]
+    defined = rho_a is not None and rho_b is not None and rho_b > 0
+    report["cliff"] = {
+        "rho_boundary": rho_a,
+        "rho_above": rho_b,
+        "ratio": rho_a / rho_b if defined else None,
+        "note": None if defined else "not defined: rho_above <= 0",
+    }
+
+    block_length = block_length or context["block_length"]
+    chosen_by = "set"
+    if block_length is None:
+        block_length = choose_block_length(frame_contrast(head[:, :, 0], a, b))
+        chosen_by = "arch optimal_block_length (circular) of the per-frame Delta"
+    n_bootstrap = n_bootstrap or context["n_bootstrap"]
+    replicates = bootstrap_spectrum(head, control, a, b, block_length, n_bootstrap, seed=probe.seed)
+    if frame_order == "source" and not frames.sources_known:
+        frame_order = "loader (the frames' sources are unknown)"
+    report["bootstrap"] = {
+        "replicates": n_bootstrap,
+        "block_length": block_length,
+        "block_length_chosen_by": chosen_by,
+        "frame_order": frame_order,
+        "seed": probe.seed,
+    }
+    for l, row in report["per_l"].items():
+        i = probe.l_values.index(int(l))
+        for k, kind in enumerate(kinds):
+            for metric in ("rho", "R2_inj"):
+                row[f"{metric}_{kind}_ci95"] = summarize(replicates[metric][:, k, i])["ci95"]
+        row["rho_ci95"] = row[f"rho_{primary}_ci95"]
+    report["delta"] = summarize(replicates["delta"][:, 0])
+    report["rho_diff"] = summarize(replicates["rho_diff"][:, 0])
+    report["cliff"].update(_ratio_interval(replicates["rho_a"][:, 0], replicates["rho_b"][:, 0]))
     return report
+
+
+def _ratio_interval(rho_a: np.ndarray, rho_b: np.ndarray) -> dict:
+    """95% interval of the cliff ``rho_a / rho_b`` over bootstrap replicates. A replicate with
+    ``rho_b <= 0`` has an unbounded ratio (no power recovered above the ceiling), so the upper
+    end may be unbounded (``null``)."""
+    with np.errstate(divide="ignore", invalid="ignore"):
+        ratio = np.where(rho_b > 0, rho_a / rho_b, np.inf)
+    low, high = np.percentile(ratio, [2.5, 97.5], method="inverted_cdf")
+    return {
+        "ratio_ci95": [_finite(low), _finite(high)],
+        "ratio_unbounded_fraction": float(np.mean(rho_b <= 0)),
+    }
 
 
 def format_table(report: dict) -> str:
@@ -191,57 +223,84 @@ def format_table(report: dict) -> str:
         f"spectral probe: L = {report['L']}, degree d_r = {report['degree']}, predicted ceiling "
         f"l* = {report['boundary']}; {report['n_backbones']} backbone(s), "
         f"{report['n_test_frames']} test frames, target {report['target']}; "
-        f"rho, cliff and bootstrap on {report['primary']}",
-        f"{'l':>3} {'rho_F':>8} {'R2inj_F':>8} {'gain_F':>10} {'rho_E':>8} {'R2inj_E':>8} "
-        f"{'gain_E':>10}",
+        f"rho, cliff and contrasts on {report['primary']}",
+        f"{'l':>3} {'rho_F':>8} {'95% CI':>16} {'R2inj_F':>8} {'gain_F':>10} {'rho_E':>8} "
+        f"{'95% CI':>16} {'R2inj_E':>8} {'gain_E':>10}",
     ]
 
     def cell(value, width=0, digits=3):
         return f"{'n/a':>{width}}" if value is None else f"{value:>{width}.{digits}f}"
 
+    def interval(bounds, width=0, digits=3):
+        if bounds is None:
+            return f"{'':>{width}}"
+        return f"{f'[{cell(bounds[0], 0, digits)}, {cell(bounds[1], 0, digits)}]':>{width}}"
+
     for l, row in report["per_l"].items():
         mark = "  <- ceiling" if int(l) == report["boundary"] else ""
         lines.append(
-            f"{l:>3} {cell(row['rho_forces'], 8, 3)} {cell(row['R2_inj_forces'], 8, 3)} "
-            f"{cell(row['gain_forces'], 10, 6)} {cell(row['rho_energy'], 8, 3)} "
-            f"{cell(row['R2_inj_energy'], 8, 3)} {cell(row['gain_energy'], 10, 6)}{mark}"
+            f"{l:>3} {cell(row['rho_forces'], 8)} {interval(row.get('rho_forces_ci95'), 16)} "
+            f"{cell(row['R2_inj_forces'], 8)} {cell(row['gain_forces'], 10, 6)} "
+            f"{cell(row['rho_energy'], 8)} {interval(row.get('rho_energy_ci95'), 16)} "
+            f"{cell(row['R2_inj_energy'], 8)} {cell(row['gain_energy'], 10, 6)}{mark}"
         )
+    if report["n_backbones"] > 1:
+        lines.append(f"rho ({report['primary']}) per backbone:")
+        for b, backbone in enumerate(report["per_backbone"]):
+            values = " ".join(cell(row["rho"], 7) for row in backbone["per_l"].values())
+            lines.append(f"  b{b} {values}  {Path(backbone['path']).parent.name}")
     cliff = report["cliff"]
     if "rho_boundary" in cliff:
         ratio = cliff["ratio"]
         lines.append(
             f"cliff rho({report['boundary']}) / rho({report['boundary'] + 1}) = "
             + (f"{ratio:.1f}" if ratio is not None else f"n/a ({cliff['note']})")
+            + f", 95% CI {interval(cliff['ratio_ci95'], 0, 1).replace('n/a', 'unbounded')}"
             + f"  [rho {cell(cliff['rho_boundary'])} -> {cell(cliff['rho_above'])}]"
         )
         for name in ("delta", "rho_diff"):
             stats = report[name]
-            low, high = stats["ci95"]
             lines.append(
                 f"{name} ({report['primary']}) = {cell(stats['mean'], 0, 4)}, 95% CI "
-                f"[{cell(low, 0, 4)}, {cell(high, 0, 4)}], fraction <= 0: "
-                f"{cell(stats['frac_le_0'])}"
+                f"{interval(stats['ci95'], 0, 4)}, fraction <= 0: {cell(stats['frac_le_0'])}"
             )
+        bootstrap = report["bootstrap"]
+        lines.append(
+            f"bootstrap: {bootstrap['replicates']} replicates, backbones then blocks of "
+            f"{bootstrap['block_length']} test frames in {bootstrap['frame_order']} order "
+            f"(block length {bootstrap['block_length_chosen_by']})"
+        )
     return "\n".join(lines)
 
 
+_CI_COLUMNS = [f"{m}_{kind}_ci95" for m in ("rho", "R2_inj") for kind in KINDS]
+
+
 def write_report(report: dict, output_dir) -> None:
-    """Write ``spectral_report.json``, ``.csv`` (a row per backbone and ``l``) and ``.png``."""
+    """Write ``spectral_report.json``, ``.csv`` (a row per backbone and ``l``, then the mean
+    over backbones with its intervals) and ``.png``."""
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     (output_dir / REPORT_FILES[0]).write_text(json.dumps(_json_safe(report), indent=2))
     columns = [f"{m}_{kind}" for m in METRICS for kind in KINDS]
+    bounds = [f"{name}_{end}" for name in _CI_COLUMNS for end in ("low", "high")]
+    rows = [
+        (b, backbone["path"], backbone["per_l"])
+        for b, backbone in enumerate(report["per_backbone"])
+    ]
     with open(output_dir / REPORT_FILES[1], "w", newline="") as f:
         writer = csv.writer(f)
-        writer.writerow(["backbone", "path", "l", *columns])
-        for b, backbone in enumerate(report["per_backbone"]):
-            for l, row in backbone["per_l"].items():
-                writer.writerow([b, backbone["path"], l, *(row[c] for c in columns)])
+        writer.writerow(["backbone", "path", "l", *columns, *bounds])
+        for b, path, per_l in [*rows, ("mean", "", report["per_l"])]:
+            for l, row in per_l.items():
+                ci = [end for name in _CI_COLUMNS for end in (row.get(name) or [None, None])]
+                writer.writerow([b, path, l, *(row[c] for c in columns), *ci])
     plot_spectrum(report, output_dir / REPORT_FILES[2])
 
 
 def plot_spectrum(report: dict, path) -> None:
-    """rho and R2_inj per ``l`` (forces and energies) with the predicted ceiling marked.
+    """rho and R2_inj per ``l`` (forces and energies, mean over backbones with the bootstrap's
+    95% interval) with the predicted ceiling marked.
 
     The axes show ``[-1, 1.5]``; a value beyond is drawn on the edge with an open marker.
     """
@@ -258,10 +317,15 @@ def plot_spectrum(report: dict, path) -> None:
         for kind, marker in (("forces", "o"), ("energy", "s")):
             key = f"{metric}_{kind}"
             mean = [np.nan if (v := report["per_l"][str(l)][key]) is None else v for l in ls]
-            err = None
-            if report["n_backbones"] > 1:
-                err = [report["per_l_std"][str(l)][key] or 0.0 for l in ls]
             shown = np.clip(mean, *_Y_RANGE)
+            err = None  # the bootstrap's 95% interval, clipped like the values
+            intervals = [report["per_l"][str(l)].get(f"{key}_ci95") for l in ls]
+            if all(ci is not None for ci in intervals):
+                low, high = (
+                    np.clip([np.nan if v is None else v for v in end], *_Y_RANGE)
+                    for end in zip(*intervals, strict=True)
+                )
+                err = np.nan_to_num([shown - low, high - shown]).clip(min=0)
             label = f"{kind.replace('forces', 'force')} spectrum"
             line = ax.errorbar(ls, shown, yerr=err, marker=marker, capsize=3, label=label)
             outside = np.isfinite(mean) & (shown != np.asarray(mean))
