@@ -100,7 +100,9 @@ def as_frames(head, control, l_values, kinds=("forces", "energy"), L=2):
     backbones = tuple(f"b{b}.ckpt" for b in range(head.shape[0]))
     probe = SpectralProbeConfig(backbones=backbones, l_values=tuple(l_values))
     num_frames = head.shape[1]
-    context = {"probe": dataclasses.asdict(probe), "L": L, "kinds": list(kinds),
-               "head_parameters": 1, "solver": {}, "n_bootstrap": 50, "block_length": None}  # fmt: skip
-    return FrameSums(head, control, np.array(["f"] * num_frames), np.arange(num_frames),
-                      np.arange(num_frames), context)  # fmt: skip
+    context = {
+        "probe": dataclasses.asdict(probe), "L": L, "kinds": list(kinds), "head_parameters": 1,
+        "solver": {}, "n_bootstrap": 50, "block_length": None,
+    }  # fmt: skip
+    order = np.arange(num_frames)
+    return FrameSums(head, control, np.array(["f"] * num_frames), order, order, context)
