@@ -30,10 +30,13 @@ def nequip_train(config: str, run_dir, *overrides, check: bool = True):
     """Run ``nequip-train`` on an example config; return the completed process."""
     import subprocess
 
-    command = ["nequip-train", "-cp", str(CONFIGS), "-cn", config, f"hydra.run.dir={run_dir}"]
+    flags = [o for o in overrides if o.startswith("-")]  # e.g. -m: before any override
+    overrides = [o for o in overrides if not o.startswith("-")]
+    command = ["nequip-train", *flags, "-cp", str(CONFIGS), "-cn", config]
     result = subprocess.run(
-        [*command, *overrides], capture_output=True, text=True, env={**os.environ}
-    )
+        [*command, f"hydra.run.dir={run_dir}", *overrides],
+        capture_output=True, text=True, env={**os.environ},
+    )  # fmt: skip
     if check and result.returncode != 0:
         raise RuntimeError(f"nequip-train failed:\n{result.stderr[-4000:]}")
     return result

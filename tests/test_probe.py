@@ -1,3 +1,4 @@
+import numpy as np
 import pytest
 import torch
 from e3nn import o3
@@ -56,51 +57,55 @@ def test_head_has_degree_dL_in_the_direction_and_nothing_above(L, degree, activa
     assert max(norms[degree * L + 1 :]) < 1e-9 * scale
 
 
-def test_heads_equal_the_e3nn_composition_they_replace():
-    """e3nn Linear mixes, a "uuu" product and a FullyConnectedTensorProduct readout against
+@pytest.mark.parametrize("degree", [2, 3])
+def test_heads_equal_the_e3nn_composition_they_replace(degree):
+    """e3nn Linear mixes, "uuu" products and a FullyConnectedTensorProduct readout against
     Y(n), with the same weights, give the same head: the bilinear readout is exact."""
-    torch.manual_seed(1)
+    torch.manual_seed(degree)
     irreps_in, C = irreps_up_to(2), 3
-    heads = SPNHeads(irreps_in, 2, degree=2, channels=C)
+    heads = SPNHeads(irreps_in, 2, degree=degree, channels=C)
     h = 1  # the second head
-    mixes = [o3.Linear(irreps_in, heads.irreps_mix) for _ in range(2)]
+    mixes = [o3.Linear(irreps_in, heads.irreps_mix) for _ in range(degree)]
     for mix, ours in zip(mixes, heads.mixes, strict=True):
         weights = [ours.weights[ours.paths.index((i.i_in, i.i_out))][h] for i in mix.instructions]
         mix.weight.data = torch.cat([w.flatten() for w in weights])
-    paths = [(i1, i2) for i1, i2, _, _ in heads.paths]
-    lams = sorted({ir.l for _, ir in heads.irreps_mix})
+    # the last product z_{d-1} (x) m_d, natural-parity outputs only
+    irreps_last = heads.irreps_z[-1]
     outputs = sorted(
-        {ir for i1, i2 in paths for ir in heads.irreps_mix[i1].ir * heads.irreps_mix[i2].ir
+        {ir for i1, i2, _, _ in heads.paths for ir in irreps_last[i1].ir * heads.irreps_mix[i2].ir
          if ir.p == (-1) ** ir.l}
     )  # fmt: skip
     instructions = [
         (i1, i2, outputs.index(ir), "uuu", True)
-        for i1, (_, ir1) in enumerate(heads.irreps_mix)
+        for i1, (_, ir1) in enumerate(irreps_last)
         for i2, (_, ir2) in enumerate(heads.irreps_mix)
         for ir in ir1 * ir2
         if ir in outputs
     ]
-    assert [(i1, i2) for i1, i2, *_ in instructions] == paths
+    assert [(i1, i2) for i1, i2, *_ in instructions] == [(i1, i2) for i1, i2, _, _ in heads.paths]
     product = o3.TensorProduct(
-        heads.irreps_mix, heads.irreps_mix, o3.Irreps([(C, ir) for ir in outputs]), instructions
+        irreps_last, heads.irreps_mix, o3.Irreps([(C, ir) for ir in outputs]), instructions
     )
     product.weight.data = heads.path_weights[h].T.flatten()
-    z_irreps = heads.irreps_mix + product.irreps_out
+    # the readout of every z_k and of the last product, in the heads' block order
+    z_irreps = sum(heads.irreps_z, o3.Irreps()) + product.irreps_out
     readout = o3.FullyConnectedTensorProduct(z_irreps, heads.irreps_harmonics, "0e")
+    offsets = np.cumsum([0, *(len(irreps) for irreps in heads.irreps_z)])
+    position = {offsets[k] + i: b for b, (k, i) in enumerate(heads.linear_blocks)}
     linear = len(heads.linear_blocks)
-    blocks = [
-        next(b for b, (_, i) in enumerate(heads.linear_blocks) if i == ins.i_in1)
-        if ins.i_in1 < len(heads.irreps_mix) else linear + ins.i_in1 - len(heads.irreps_mix)
-        for ins in readout.instructions
-    ]  # fmt: skip
+    blocks = [position.get(ins.i_in1, linear + ins.i_in1 - offsets[-1])
+              for ins in readout.instructions]  # fmt: skip
     readout.weight.data = heads.readout_weights[h][:, blocks].T.flatten()
-    assert lams and len(readout.instructions) == linear + len(outputs)
+    assert len(readout.instructions) == linear + len(outputs)
 
     features = irreps_in.randn(7, -1)
     n = torch.nn.functional.normalize(torch.randn(7, 3), dim=1)
     harmonics = o3.spherical_harmonics(heads.irreps_harmonics, n, True)
-    m1, m2 = (mix(features) for mix in mixes)
-    expected = readout(torch.cat([m1, product(m1, m2)], dim=-1), harmonics).squeeze(-1)
+    m = [mix(features) for mix in mixes]
+    z = [m[0]]
+    for k, inner in enumerate(heads.products):  # degree 3: z_2 = z_1 (x) m_2, e3nn's own
+        z.append(inner(z[-1], m[k + 1], heads.product_weights[k][h].expand(7, -1)))
+    expected = readout(torch.cat([*z, product(z[-1], m[-1])], dim=-1), harmonics).squeeze(-1)
     assert torch.allclose(heads(features, harmonics)[h], expected, atol=1e-12)
 
 

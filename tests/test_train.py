@@ -9,7 +9,7 @@ import ase.io
 import numpy as np
 import pytest
 import torch
-from conftest import nequip_train
+from conftest import nequip_train, train_tiny_backbone
 
 from nequip_spectral.train.frames import FrameSums
 
@@ -292,3 +292,40 @@ def test_readout_over_the_centers_runs_end_to_end(tiny_backbone, tiny_aspirin, t
     nequip_train("aspirin_probe.yaml", run_dir, *overrides, "spectral_probe.readout=centers")
     report = json.loads((run_dir / "spectral_report.json").read_text())
     assert all(math.isfinite(row["rho"]) for row in report["per_l"].values())
+
+
+def test_backbones_of_a_multirun_are_probed_in_one_run(tiny_aspirin, tmp_path):
+    """The README's recipe: ``nequip-train -m seed=...`` trains the backbones, one probe run
+    reads them all; level 1 of the bootstrap resamples them."""
+    sweep = tmp_path / "backbones"
+    train_tiny_backbone(tmp_path, tiny_aspirin, "-m", "seed=1,2", f"hydra.sweep.dir={sweep}")
+    backbones = sorted(str(path) for path in sweep.glob("*/best.ckpt"))
+    assert len(backbones) == 2
+    run_dir = tmp_path / "probe"
+    nequip_train("aspirin_probe.yaml", run_dir, *probe_overrides(",".join(backbones), tiny_aspirin))
+    report = json.loads((run_dir / "spectral_report.json").read_text())
+    assert report["n_backbones"] == 2
+    assert [b["path"] for b in report["per_backbone"]] == backbones
+    rho = np.array([[row["rho"] for row in b["per_l"].values()] for b in report["per_backbone"]])
+    assert not np.allclose(rho[0], rho[1])  # two seeds, two backbones
+    assert [row["rho"] for row in report["per_l"].values()] == pytest.approx(rho.mean(0))
+    low, high = report["delta"]["ci95"]
+    assert low <= high
+
+
+def test_a_clear_injected_signal_is_recovered_below_the_ceiling_and_not_above(
+    tiny_backbone, tiny_aspirin, tmp_path
+):
+    """Even a one-epoch tiny backbone's features carry an injected force field of degree
+    l <= d_r L = 4 (``target: injected``: the heads fit the signal alone), and nothing above."""
+    run_dir = tmp_path / "clear"
+    overrides = [*probe_overrides(tiny_backbone["ckpt"], tiny_aspirin)[:2],
+                 "spectral_probe.l_values=[1,2,4,5,6]", "spectral_probe.target=injected"]  # fmt: skip
+    nequip_train("aspirin_probe.yaml", run_dir, *overrides)
+    report = json.loads((run_dir / "spectral_report.json").read_text())
+    for l in ("1", "2", "4"):
+        row = report["per_l"][l]
+        assert row["rho_forces"] > 0.1 and row["rho_forces_ci95"][0] > 0, (l, row)
+    for l in ("5", "6"):
+        assert abs(report["per_l"][l]["rho_forces"]) < 0.03, (l, report["per_l"][l])
+    assert report["delta"]["frac_le_0"] == 0.0
