@@ -319,8 +319,8 @@ def test_a_clear_injected_signal_is_recovered_below_the_ceiling_and_not_above(
     """Even a one-epoch tiny backbone's features carry an injected force field of degree
     l <= d_r L = 4 (``target: injected``: the heads fit the signal alone), and nothing above."""
     run_dir = tmp_path / "clear"
-    overrides = [*probe_overrides(tiny_backbone["ckpt"], tiny_aspirin)[:2],
-                 "spectral_probe.l_values=[1,2,4,5,6]", "spectral_probe.target=injected"]  # fmt: skip
+    overrides = probe_overrides(tiny_backbone["ckpt"], tiny_aspirin)[:2]
+    overrides += ["spectral_probe.l_values=[1,2,4,5,6]", "spectral_probe.target=injected"]
     nequip_train("aspirin_probe.yaml", run_dir, *overrides)
     report = json.loads((run_dir / "spectral_report.json").read_text())
     for l in ("1", "2", "4"):
@@ -329,3 +329,40 @@ def test_a_clear_injected_signal_is_recovered_below_the_ceiling_and_not_above(
     for l in ("5", "6"):
         assert abs(report["per_l"][l]["rho_forces"]) < 0.03, (l, report["per_l"][l])
     assert report["delta"]["frac_le_0"] == 0.0
+
+
+def test_an_rmd17_run_is_evaluated_on_its_own_frames_and_on_another_file(
+    tiny_backbone, tiny_aspirin, tmp_path
+):
+    """``rmd17_probe.yaml`` (NequIP's rMD17DataModule, an npz in kcal/mol read without
+    downloading) end to end, then ``nequip-evaluate`` with and without ``--dataset-file``."""
+    frames = ase.io.read(tiny_aspirin, index=":")
+    npz = tmp_path / "source" / "rmd17" / "npz_data" / "rmd17_aspirin.npz"
+    npz.parent.mkdir(parents=True)
+    kcal_per_ev = 1 / 0.0433641
+    np.savez(
+        npz,
+        nuclear_charges=frames[0].numbers,
+        coords=np.stack([atoms.positions for atoms in frames]),
+        energies=np.array([atoms.get_potential_energy() for atoms in frames]) * kcal_per_ev,
+        forces=np.stack([atoms.get_forces() for atoms in frames]) * kcal_per_ev,
+    )
+    run_dir = tmp_path / "rmd17"
+    nequip_train(
+        "rmd17_probe.yaml", run_dir, f"data_source_dir={tmp_path / 'source'}",
+        "data.subset_len=40", "data.train_val_test_split=[28,4,8]",
+        *probe_overrides(tiny_backbone["ckpt"], tiny_aspirin)[1:],
+    )  # fmt: skip
+    trained = json.loads((run_dir / "spectral_report.json").read_text())
+    assert trained["n_test_frames"] == 8
+    assert set(FrameSums.load(run_dir).source_file) == {str(npz)}
+
+    same, other = tmp_path / "same", tmp_path / "other"
+    subprocess.run(["nequip-evaluate", str(run_dir), "--output", str(same)], check=True)
+    evaluated = json.loads((same / "spectral_report.json").read_text())
+    assert evaluated["per_l"]["4"]["rho"] == pytest.approx(trained["per_l"]["4"]["rho"], rel=1e-5)
+    subprocess.run(["nequip-evaluate", str(run_dir), "--dataset-file", str(tiny_aspirin),
+                    "--output", str(other)], check=True)  # fmt: skip
+    report = json.loads((other / "spectral_report.json").read_text())
+    assert report["n_test_frames"] == 40
+    assert all(row["rho"] is not None for row in report["per_l"].values())
