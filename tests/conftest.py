@@ -54,12 +54,13 @@ def tiny_aspirin(tmp_path_factory):
     return path
 
 
-def train_tiny_backbone(run_dir, dataset, *overrides) -> str:
-    """A tiny NequIP backbone (4 features, 2 layers) trained for one epoch; its best.ckpt."""
+def train_tiny_backbone(run_dir, dataset, *overrides, architecture="nequip") -> str:
+    """A tiny backbone (4 features, 2 layers) trained for one epoch; its best.ckpt."""
     nequip_train(
         "aspirin_backbone.yaml",
         run_dir,
         f"dataset_file={dataset}",
+        f"backbone_model={architecture}",
         "max_epochs=1",
         "num_features=4",
         "training_module.model.num_layers=2",
@@ -69,20 +70,30 @@ def train_tiny_backbone(run_dir, dataset, *overrides) -> str:
     return str(run_dir / "best.ckpt")
 
 
-@pytest.fixture(scope="session")
-def tiny_backbone(tmp_path_factory, tiny_aspirin):
-    """A tiny NequIP l_max = 2 backbone in float64, as .ckpt and .nequip.zip."""
+def _float64_backbone(run_dir, dataset, architecture) -> dict:
+    """A tiny backbone in float64, as .ckpt and .nequip.zip."""
     import subprocess
 
-    run_dir = tmp_path_factory.mktemp("backbone")
     checkpoint = train_tiny_backbone(
-        run_dir, tiny_aspirin, "training_module.model.model_dtype=float64"
+        run_dir, dataset, "training_module.model.model_dtype=float64", architecture=architecture
     )
     package = run_dir / "backbone.nequip.zip"
     subprocess.run(
         ["nequip-package", "build", checkpoint, str(package)], check=True, capture_output=True
     )
     return {"ckpt": checkpoint, "package": str(package)}
+
+
+@pytest.fixture(scope="session")
+def tiny_backbone(tmp_path_factory, tiny_aspirin):
+    """A tiny NequIP l_max = 2 backbone in float64, as .ckpt and .nequip.zip."""
+    return _float64_backbone(tmp_path_factory.mktemp("backbone"), tiny_aspirin, "nequip")
+
+
+@pytest.fixture(scope="session")
+def tiny_allegro(tmp_path_factory, tiny_aspirin):
+    """A tiny Allegro l_max = 2 backbone in float64, as .ckpt and .nequip.zip."""
+    return _float64_backbone(tmp_path_factory.mktemp("allegro"), tiny_aspirin, "allegro")
 
 
 @pytest.fixture(scope="session")

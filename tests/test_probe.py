@@ -156,16 +156,81 @@ def probe(tiny_backbone):
     return {"backbones": [tiny_backbone["ckpt"]], "l_values": [1, 4, 5], "solver": "sgd"}
 
 
-def test_probe_is_invariant_and_its_forces_equivariant(probe, aspirin_atoms):
-    model = build(probe)
+@pytest.fixture(scope="module", params=["nequip", "allegro"])
+def architecture(request):
+    """A tiny float64 backbone of each architecture: NequIP's node features, Allegro's tensor
+    track (``.ckpt`` and ``.nequip.zip``)."""
+    return request.getfixturevalue({"nequip": "tiny_backbone", "allegro": "tiny_allegro"}[
+        request.param
+    ])
+
+
+@pytest.fixture(scope="module")
+def any_probe(architecture):
+    """``probe`` on either architecture."""
+    return {"backbones": [architecture["ckpt"]], "l_values": [1, 4, 5], "solver": "sgd"}
+
+
+class TappedFeatures(torch.nn.Module):
+    """A backbone's tapped features as a module NequIP's equivariance harness can test."""
+
+    def __init__(self, backbone):
+        super().__init__()
+        self.backbone = backbone
+        self.irreps_in = dict(backbone.before_tap[0].irreps_in)
+        self.irreps_out = {AtomicDataDict.NODE_FEATURES_KEY: backbone.irreps}
+
+    def forward(self, data):
+        return {**data, AtomicDataDict.NODE_FEATURES_KEY: self.backbone.tap(dict(data))[
+            AtomicDataDict.NODE_FEATURES_KEY
+        ]}  # fmt: skip
+
+
+def test_tapped_features_are_equivariant_of_degree_L(any_probe, aspirin_atoms):
+    from nequip_spectral.model.frozen_spn import load_frozen_backbone
+
+    backbone = load_frozen_backbone(any_probe["backbones"][0])
+    assert backbone.irreps.lmax == 2
+    data = aspirin_batch(aspirin_atoms[:1], any_probe)
+    features = TappedFeatures(backbone)(dict(data))[AtomicDataDict.NODE_FEATURES_KEY]
+    assert features.shape == (21, backbone.irreps.dim) and features.abs().max() > 0
+    assert_AtomicData_equivariant(TappedFeatures(backbone), data)
+
+
+@pytest.mark.parametrize("solver", ["sgd", "closed_form"])
+def test_heads_on_real_tapped_features_have_degree_dL(any_probe, aspirin_atoms, solver):
+    """The degree bound on each architecture's own tapped features, not random ones."""
+    from nequip_spectral.model.frozen_spn import load_frozen_backbone
+
+    torch.manual_seed(3)
+    backbone = load_frozen_backbone(any_probe["backbones"][0])
+    data = aspirin_batch(aspirin_atoms[:1], any_probe)
+    atom = backbone.tap(dict(data))[AtomicDataDict.NODE_FEATURES_KEY][:1].detach()
+    if solver == "sgd":
+        head = SPNHeads(backbone.irreps, 1, 2, channels=3).to(atom.dtype)
+    else:
+        head = LinearHeads(backbone.irreps, 1, 2, feature_budget=10**6).to(atom.dtype)
+        torch.nn.init.normal_(head.weights)
+    n = torch.nn.functional.normalize(torch.randn(400, 3, dtype=atom.dtype), dim=1)
+    values = head(atom.expand(400, -1), o3.spherical_harmonics(head.irreps_harmonics, n, True))
+    basis = o3.spherical_harmonics(list(range(7)), n, normalize=True)
+    coefficients = torch.linalg.lstsq(basis, values.view(-1, 1)).solution.squeeze(1)
+    assert torch.allclose(basis @ coefficients, values.view(-1), atol=1e-9)
+    norms = [coefficients[lam**2 : (lam + 1) ** 2].norm() for lam in range(7)]
+    assert max(norms[5:]) < 1e-9 * coefficients.norm()  # nothing above d_r L = 4
+    assert norms[4] > 1e4 * max(norms[5:])  # and something at it, far above round-off
+
+
+def test_probe_is_invariant_and_its_forces_equivariant(any_probe, aspirin_atoms):
+    model = build(any_probe)
     # NequIP's harness rotates positions and every 1o input (the marked direction) together
-    assert_AtomicData_equivariant(model, aspirin_batch(aspirin_atoms[:1], probe))
+    assert_AtomicData_equivariant(model, aspirin_batch(aspirin_atoms[:1], any_probe))
 
 
-def test_head_forces_are_exact_gradients(probe, aspirin_atoms):
-    model = build(probe)
+def test_head_forces_are_exact_gradients(any_probe, aspirin_atoms):
+    model = build(any_probe)
     model.eval()
-    data = aspirin_batch(aspirin_atoms[:1], probe)
+    data = aspirin_batch(aspirin_atoms[:1], any_probe)
     key = head_energy_key(0, head_name(4, FORCE_FIT))
     forces = model(data)[head_forces_key(0, head_name(4, FORCE_FIT))].detach()
     h = 1e-5
@@ -180,12 +245,12 @@ def test_head_forces_are_exact_gradients(probe, aspirin_atoms):
         assert forces[atom, axis].item() == pytest.approx(numeric, rel=1e-6, abs=1e-9)
 
 
-def test_loss_gradient_of_the_heads_is_exact(probe, aspirin_atoms):
+def test_loss_gradient_of_the_heads_is_exact(any_probe, aspirin_atoms):
     """Training fits forces through the backbone by a custom backward: check it by FD."""
-    model = build(probe)
+    model = build(any_probe)
     model.train()
-    batch = aspirin_batch(aspirin_atoms[:2], probe)
-    loss = SpectralProbeMetrics(probe, type_names=TYPE_NAMES)
+    batch = aspirin_batch(aspirin_atoms[:2], any_probe)
+    loss = SpectralProbeMetrics(any_probe, type_names=TYPE_NAMES)
 
     def value():
         return loss(model(batch), batch)["weighted_sum"]
@@ -206,20 +271,20 @@ def test_loss_gradient_of_the_heads_is_exact(probe, aspirin_atoms):
         assert analytic == pytest.approx((up - down) / (2 * h), rel=1e-6, abs=1e-10)
 
 
-def test_backbone_frozen_and_outside_the_optimizer(probe, aspirin_atoms):
-    model = build(probe)
+def test_backbone_frozen_and_outside_the_optimizer(any_probe, aspirin_atoms):
+    model = build(any_probe)
     backbone = model.model.backbones[0].model
     before = {k: v.clone() for k, v in backbone.state_dict().items()}
     backbone_ids = {id(p) for p in backbone.parameters()}
     assert not any(id(p) in backbone_ids for p in model.parameters())
     assert not any(p.requires_grad for p in backbone.parameters())
 
-    loss = SpectralProbeMetrics(probe, type_names=TYPE_NAMES)
+    loss = SpectralProbeMetrics(any_probe, type_names=TYPE_NAMES)
     optimizer = torch.optim.Adam(model.parameters(), lr=0.05)
     heads_before = [p.clone() for p in model.parameters()]
     model.train()
     assert not backbone.training
-    batch = aspirin_batch(aspirin_atoms[:4], probe)
+    batch = aspirin_batch(aspirin_atoms[:4], any_probe)
     for _ in range(3):
         optimizer.zero_grad()
         loss(model(batch), batch)["weighted_sum"].backward()
@@ -231,9 +296,9 @@ def test_backbone_frozen_and_outside_the_optimizer(probe, aspirin_atoms):
     assert "backbone" not in " ".join(model.state_dict())
 
 
-def test_checkpoint_and_package_give_the_same_probe(tiny_backbone, aspirin_atoms):
-    from_ckpt = {"backbones": [tiny_backbone["ckpt"]], "l_values": [2], "solver": "sgd"}
-    from_package = {**from_ckpt, "backbones": [tiny_backbone["package"]]}
+def test_checkpoint_and_package_give_the_same_probe(architecture, aspirin_atoms):
+    from_ckpt = {"backbones": [architecture["ckpt"]], "l_values": [2], "solver": "sgd"}
+    from_package = {**from_ckpt, "backbones": [architecture["package"]]}
     batch = aspirin_batch(aspirin_atoms[:2], from_ckpt)
     a, b = build(from_ckpt)(batch), build(from_package)(batch)
     name = head_name(2, FORCE_FIT)
@@ -269,30 +334,31 @@ def test_bad_backbone_inputs_name_the_key(probe, tmp_path, change, message):
         build({**probe, **change})
 
 
-def test_backbone_without_equivariant_node_features_is_refused():
-    """Allegro keeps its equivariant features on edges: no node features with l > 0 to tap."""
-    from allegro.model import AllegroModel
+def test_backbone_without_equivariant_features_is_refused():
+    """A NequIP l_max = 0 model has only scalar node features: nothing of degree l > 0 to tap."""
+    from nequip.model import NequIPGNNModel
 
     from nequip_spectral.model import freeze_and_tap
 
-    allegro = AllegroModel(
-        seed=0,
-        model_dtype="float32",
-        type_names=TYPE_NAMES,
-        r_max=5.0,
-        l_max=2,
-        num_layers=1,
-        num_scalar_features=8,
-        num_tensor_features=4,
-        radial_chemical_embed={"_target_": "allegro.nn.TwoBodyBesselScalarEmbed", "num_bessels": 4},
-        allegro_mlp_hidden_layers_depth=1,
-        allegro_mlp_hidden_layers_width=8,
-        avg_num_neighbors=18.0,
-        per_type_energy_shifts={s: 0.0 for s in TYPE_NAMES},
+    scalars_only = NequIPGNNModel(
+        seed=0, model_dtype="float32", type_names=TYPE_NAMES, r_max=5.0, l_max=0, num_layers=2,
+        num_features=4, avg_num_neighbors=18.0, per_type_energy_shifts={s: 0.0 for s in TYPE_NAMES},
         per_type_energy_scales={s: 1.0 for s in TYPE_NAMES},
-    )
+    )  # fmt: skip
     with pytest.raises(SpectralProbeError, match="no equivariant node features with l > 0"):
-        freeze_and_tap(allegro, "auto", "allegro.ckpt")
+        freeze_and_tap(scalars_only, "auto", "scalars.ckpt")
+
+
+def test_nequip_and_allegro_backbones_of_one_degree_are_probed_together(
+    tiny_backbone, tiny_allegro, aspirin_atoms
+):
+    probe = {"backbones": [tiny_backbone["ckpt"], tiny_allegro["ckpt"]], "l_values": [4],
+             "solver": "sgd"}  # (random head weights)
+    model = build(probe)
+    assert [b.irreps.lmax for b in model.model.backbones] == [2, 2]
+    out = model(aspirin_batch(aspirin_atoms[:1], probe))
+    for b in (0, 1):
+        assert out[head_forces_key(b, head_name(4, FORCE_FIT))].abs().max() > 0
 
 
 def test_energy_spectrum_alone_caches_features_and_matches_the_full_path(probe, aspirin_atoms):

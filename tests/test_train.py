@@ -366,3 +366,18 @@ def test_an_rmd17_run_is_evaluated_on_its_own_frames_and_on_another_file(
     report = json.loads((other / "spectral_report.json").read_text())
     assert report["n_test_frames"] == 40
     assert all(row["rho"] is not None for row in report["per_l"].values())
+
+
+def test_an_allegro_backbone_is_probed_and_evaluated_end_to_end(tiny_allegro, tiny_aspirin,
+                                                                tmp_path):  # fmt: skip
+    run_dir = tmp_path / "allegro"
+    nequip_train("aspirin_probe.yaml", run_dir,
+                 *probe_overrides(tiny_allegro["package"], tiny_aspirin))  # fmt: skip
+    report = json.loads((run_dir / "spectral_report.json").read_text())
+    assert report["L"] == 2 and report["boundary"] == 4
+    assert report["solver"]["mixed_irreps"]  # the closed form's features of the tensor track
+    assert all(row["rho"] is not None for row in report["per_l"].values())
+    output = tmp_path / "evaluated"
+    subprocess.run(["nequip-evaluate", str(run_dir), "--output", str(output)], check=True)
+    evaluated = json.loads((output / "spectral_report.json").read_text())
+    assert evaluated["per_l"]["4"]["rho"] == pytest.approx(report["per_l"]["4"]["rho"], rel=1e-5)

@@ -8,6 +8,7 @@ from nequip.model import ModelFromCheckpoint, ModelFromPackage
 from nequip.model.utils import fresh_model_builder_context, model_builder
 
 from ..config import SpectralProbeConfig, SpectralProbeError
+from ..nn.allegro_tap import AllegroTensorTap, is_allegro_module
 from ..nn.probe import FrozenBackbone, SpectralProbeModel
 
 
@@ -39,8 +40,11 @@ def freeze_and_tap(model, feature_tap: str = "auto", path: str = "the backbone")
     """Freeze a NequIP ``GraphModel`` (eval mode, no grad) and split it at its feature tap.
 
     ``auto`` taps the input of the last module whose node-feature input reaches the highest
-    degree: for NequIP, the input of the last interaction layer (its output is scalars only).
-    A module name taps the input of that module of the backbone's ``SequentialGraphNetwork``.
+    degree: for NequIP, the input of the last interaction layer (its output is scalars only);
+    for Allegro, the last equivariant edge tensors of its tensor track, summed per atom
+    (:class:`~nequip_spectral.nn.allegro_tap.AllegroTensorTap`). A module name taps the input
+    of that module of the backbone's ``SequentialGraphNetwork`` (the Allegro module's name:
+    its tensor track).
     """
     model.eval()
     model.requires_grad_(False)
@@ -48,6 +52,16 @@ def freeze_and_tap(model, feature_tap: str = "auto", path: str = "the backbone")
     network = getattr(model.model, "func", model.model)  # inside ForceStressOutput
     names = [name for name, _ in network.named_children()]
     modules = [module for _, module in network.named_children()]
+    allegro = [i for i, module in enumerate(modules) if is_allegro_module(module)]
+    if allegro and feature_tap in ("auto", names[allegro[-1]]):  # Allegro's tensor track
+        tap = AllegroTensorTap(modules[allegro[-1]])
+        return FrozenBackbone(
+            path=path,
+            model=model,
+            before_tap=(*modules[: allegro[-1]], tap),
+            from_tap=tuple(modules[allegro[-1] + 1 :]),
+            irreps=tap.irreps,
+        )
     irreps = [_node_feature_irreps(module) for module in modules]
     if feature_tap == "auto":
         top = max((ir.lmax for ir in irreps if ir is not None), default=0)
