@@ -160,9 +160,9 @@ def probe(tiny_backbone):
 def architecture(request):
     """A tiny float64 backbone of each architecture: NequIP's node features, Allegro's tensor
     track (``.ckpt`` and ``.nequip.zip``)."""
-    return request.getfixturevalue({"nequip": "tiny_backbone", "allegro": "tiny_allegro"}[
-        request.param
-    ])
+    return request.getfixturevalue(
+        {"nequip": "tiny_backbone", "allegro": "tiny_allegro"}[request.param]
+    )
 
 
 @pytest.fixture(scope="module")
@@ -352,8 +352,11 @@ def test_backbone_without_equivariant_features_is_refused():
 def test_nequip_and_allegro_backbones_of_one_degree_are_probed_together(
     tiny_backbone, tiny_allegro, aspirin_atoms
 ):
-    probe = {"backbones": [tiny_backbone["ckpt"], tiny_allegro["ckpt"]], "l_values": [4],
-             "solver": "sgd"}  # (random head weights)
+    probe = {
+        "backbones": [tiny_backbone["ckpt"], tiny_allegro["ckpt"]],
+        "l_values": [4],
+        "solver": "sgd",
+    }  # (random head weights)
     model = build(probe)
     assert [b.irreps.lmax for b in model.model.backbones] == [2, 2]
     out = model(aspirin_batch(aspirin_atoms[:1], probe))
