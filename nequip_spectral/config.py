@@ -77,7 +77,9 @@ class SpectralProbeConfig:
         backbones: trained NequIP models (``.ckpt`` or ``.nequip.zip``) to probe
         l_values: angular frequencies ``l`` to inject and probe
         degree: polynomial degree ``d_r`` of the SPN heads (1, 2 or 3)
-        marked_direction: ``random`` (one per frame, seeded) or ``field:NAME``
+        marked_direction: ``random`` (one per frame, seeded), ``field:NAME``, or ``shuffled``
+          (the null control: the signal is injected along the ``random`` direction, the SPN
+          reads an independent one)
         centers: species of the injection centers ``C``
         neighbors: species of their neighbors ``N(i)``, disjoint from ``centers``
         cutoff: pair cutoff of the injected signal (at most the neighbor-list ``r_max``)
@@ -158,9 +160,13 @@ class SpectralProbeConfig:
 
         direction = self.marked_direction
         if not isinstance(direction, str) or not (
-            direction == "random" or (direction.startswith("field:") and len(direction) > 6)
+            direction in ("random", "shuffled")
+            or (direction.startswith("field:") and len(direction) > 6)
         ):
-            _fail("marked_direction", f"must be 'random' or 'field:NAME', got {direction!r}")
+            _fail(
+                "marked_direction",
+                f"must be 'random', 'shuffled' or 'field:NAME', got {direction!r}",
+            )
 
         _species("centers", self.centers)
         _species("neighbors", self.neighbors)
@@ -207,8 +213,8 @@ class SpectralProbeConfig:
 
     @property
     def direction_field(self) -> str | None:
-        """The data field holding the marked direction, or ``None`` for ``random``."""
-        if self.marked_direction == "random":
+        """The data field holding the marked direction, or ``None`` (``random``, ``shuffled``)."""
+        if self.marked_direction in ("random", "shuffled"):
             return None
         return self.marked_direction.split(":", 1)[1]
 

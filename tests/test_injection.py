@@ -156,3 +156,20 @@ def test_bad_frames_are_named(aspirin_atoms):
         inject(aspirin_atoms[0], [0.0, 0.0, 0.0])
     with pytest.raises(KeyError, match=r"after nequip\.data\.transforms\.NeighborListTransform"):
         SpectralInjection({})(from_ase(aspirin_atoms[0]))
+
+
+def test_shuffled_direction_is_another_than_the_injected_one_for_every_frame(aspirin_atoms):
+    """The null control: the same injected signal as ``random``, and a direction for the SPN
+    that is not the injected one, the same on every call."""
+    for atoms in aspirin_atoms:
+        random, shuffled, again = (
+            inject(atoms, marked_direction=mode) for mode in ("random", "shuffled", "shuffled")
+        )
+        assert torch.equal(energies(shuffled), energies(random))
+        assert torch.equal(forces(shuffled), forces(random))
+        read, injected = shuffled[MARKED_DIRECTION_KEY], random[MARKED_DIRECTION_KEY]
+        assert torch.equal(read, again[MARKED_DIRECTION_KEY])
+        assert read.norm() == pytest.approx(1.0) and abs((read * injected).sum()) < 0.99
+        # what the SPN reads is not the direction of the injected signal
+        along_read = inject(atoms, direction=read.view(-1).numpy())
+        assert not torch.allclose(energies(along_read)[1:], energies(random)[1:])

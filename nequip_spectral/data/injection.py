@@ -40,7 +40,9 @@ class SpectralInjection(torch.nn.Module):
 
     The ``random`` marked direction of a frame is drawn from a seed hashed from the probe
     seed and the frame's positions and species, so it is the same in every epoch, worker,
-    process and rerun.
+    process and rerun. ``shuffled`` (the null control) injects along that same direction but
+    stores, for the SPN to read, a second direction drawn independently from the same seed:
+    distributed as another frame's direction, unrelated to the injected one.
 
     Args:
         probe: the ``spectral_probe:`` block
@@ -62,7 +64,7 @@ class SpectralInjection(torch.nn.Module):
                 "nequip.data.transforms.NeighborListTransform in `transforms`"
             )
         _check_finite(data)
-        direction = self.marked_direction(data)
+        direction, read = self.marked_direction(data)
         numbers = data[AtomicDataDict.ATOMIC_NUMBERS_KEY].view(-1)
         edge_index = data[AtomicDataDict.EDGE_INDEX_KEY]
         edge_vectors = with_edge_vectors_(dict(data), with_lengths=False)[
@@ -87,31 +89,36 @@ class SpectralInjection(torch.nn.Module):
         for k, l in enumerate(self.probe.l_values):
             data[injected_energy_key(l)] = energies[k].view(1, 1).to(dtype)
             data[injected_forces_key(l)] = forces[:, k].to(dtype)
-        data[MARKED_DIRECTION_KEY] = direction.view(1, 3).to(dtype)
+        data[MARKED_DIRECTION_KEY] = read.view(1, 3).to(dtype)
         return data
 
-    def marked_direction(self, data: AtomicDataDict.Type) -> torch.Tensor:
-        """The frame's unit marked direction ``n`` (float64, shape ``(3,)``)."""
+    def marked_direction(self, data: AtomicDataDict.Type) -> tuple[torch.Tensor, torch.Tensor]:
+        """The frame's unit marked direction ``n`` along which the signal is injected, and the
+        one the SPN reads (the same but with ``shuffled``); float64, shape ``(3,)`` each."""
         name = self.probe.direction_field
         if name is None:
             seed = _frame_seed(data, self.probe.seed)
-            vector = torch.randn(
-                3, dtype=torch.float64, generator=torch.Generator().manual_seed(seed)
+            injected, other = torch.randn(
+                2, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(seed)
             )
-        else:
-            if name not in data:
-                raise KeyError(
-                    f"spectral_probe.marked_direction: field '{name}' is not in the data of "
-                    f"{_describe(data)}; add it to the dataset's `include_keys` (and register it "
-                    "as a graph field)"
-                )
-            vector = torch.as_tensor(data[name]).to(torch.float64).reshape(-1)
-            if vector.numel() != 3 or not torch.isfinite(vector).all() or vector.norm() == 0:
-                raise ValueError(
-                    f"spectral_probe.marked_direction: field '{name}' must be a finite, nonzero "
-                    f"3-vector per frame; got {data[name].tolist()} in {_describe(data)}"
-                )
-        return vector / vector.norm()
+            injected = injected / injected.norm()
+            if self.probe.marked_direction == "shuffled":
+                return injected, other / other.norm()
+            return injected, injected
+        if name not in data:
+            raise KeyError(
+                f"spectral_probe.marked_direction: field '{name}' is not in the data of "
+                f"{_describe(data)}; add it to the dataset's `include_keys` (and register it "
+                "as a graph field)"
+            )
+        vector = torch.as_tensor(data[name]).to(torch.float64).reshape(-1)
+        if vector.numel() != 3 or not torch.isfinite(vector).all() or vector.norm() == 0:
+            raise ValueError(
+                f"spectral_probe.marked_direction: field '{name}' must be a finite, nonzero "
+                f"3-vector per frame; got {data[name].tolist()} in {_describe(data)}"
+            )
+        vector = vector / vector.norm()
+        return vector, vector
 
 
 def frames_from_ase(atoms_list, transforms) -> list:
