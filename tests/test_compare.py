@@ -1,0 +1,45 @@
+"""``nequip-spectral-compare`` on two small reports of different ceilings."""
+
+import csv
+
+import numpy as np
+import pytest
+from conftest import as_frames
+
+from nequip_spectral.scripts import compare
+from nequip_spectral.train.report import build_report, write_report
+
+
+def small_run(directory, l_values, L, recovered):
+    """A run directory with a report whose rho_F is 1 at the ``recovered`` l, 0 elsewhere."""
+    num_frames = 12
+    head = np.zeros((1, num_frames, 1, len(l_values), 6))
+    head[..., 0] = head[..., 4] = 1.0  # n, ee: unit injected power
+    for i, l in enumerate(l_values):
+        head[0, :, 0, i, 1] = 1.0 if l in recovered else 0.0  # tt - rr = gain
+    control = np.zeros((1, num_frames, 1, 3))
+    control[..., 0] = 1.0
+    write_report(build_report(as_frames(head, control, l_values, ("forces",), L)), directory)
+    return directory
+
+
+def test_compare_writes_one_table_and_one_plot(tmp_path, capsys):
+    a = small_run(tmp_path / "a", (1, 2, 3), L=1, recovered={1, 2})
+    b = small_run(tmp_path / "b", (2, 4, 5), L=2, recovered={2, 4})
+    output = tmp_path / "compared"
+    compare.main([str(a), str(b), "--labels", "L1", "L2", "--output", str(output)])
+    with open(output / "spectral_compare.csv") as f:
+        rows = {row["l"]: row for row in csv.DictReader(f)}
+    assert list(rows) == ["1", "2", "3", "4", "5"]
+    assert float(rows["2"]["L1:rho_forces"]) == pytest.approx(1.0)
+    assert float(rows["3"]["L1:rho_forces"]) == pytest.approx(0.0)
+    assert rows["3"]["L2:rho_forces"] == ""  # not probed by that run
+    assert float(rows["4"]["L2:rho_forces"]) == pytest.approx(1.0)
+    assert rows["4"]["L1:rho_energy"] == ""  # no energy spectrum measured
+    assert (output / "spectral_compare.png").stat().st_size > 10_000
+    table = capsys.readouterr().out
+    assert "<- ceiling of L1" in table and "<- ceiling of L2" in table
+    with pytest.raises(SystemExit):  # an earlier comparison is never overwritten
+        compare.main([str(a), str(b), "--output", str(output)])
+    with pytest.raises(SystemExit):
+        compare.main([str(a), str(tmp_path / "missing"), "--output", str(tmp_path / "x")])
