@@ -381,3 +381,34 @@ def test_an_allegro_backbone_is_probed_and_evaluated_end_to_end(tiny_allegro, ti
     subprocess.run(["nequip-evaluate", str(run_dir), "--output", str(output)], check=True)
     evaluated = json.loads((output / "spectral_report.json").read_text())
     assert evaluated["per_l"]["4"]["rho"] == pytest.approx(report["per_l"]["4"]["rho"], rel=1e-5)
+
+
+def test_the_controls_run_as_multiruns_of_the_probe_config(tiny_backbone, tiny_aspirin,
+                                                           tmp_path):  # fmt: skip
+    """The degree control (``-m spectral_probe.degree=1,3``): the ceiling moves from 2 to 6;
+    a clear injected signal is recovered at l = 2 with d_r = 1, at l = 3 (above d_r = 1's
+    ceiling) with d_r = 3, and never above the ceiling."""
+    sweep = tmp_path / "degree"
+    overrides = probe_overrides(tiny_backbone["ckpt"], tiny_aspirin)[:2]
+    nequip_train("aspirin_probe.yaml", tmp_path, *overrides, "-m", "spectral_probe.degree=1,3",
+                 "spectral_probe.l_values=[1,2,3,6,7]", "spectral_probe.target=injected",
+                 f"hydra.sweep.dir={sweep}")  # fmt: skip
+    for job, degree, recovered, above in ((0, 1, "2", ("3", "6", "7")), (1, 3, "3", ("7",))):
+        report = json.loads((sweep / str(job) / "spectral_report.json").read_text())
+        assert report["degree"] == degree and report["boundary"] == 2 * degree
+        assert report["per_l"][recovered]["rho_forces"] > 0.05
+        for l in above:
+            assert abs(report["per_l"][l]["rho_forces"]) < 0.03, (degree, l, report["per_l"][l])
+
+
+def test_the_shuffled_direction_null_recovers_nothing(tiny_backbone, tiny_aspirin, tmp_path):
+    """The SPN reads a direction unrelated to the injected one: no l is recovered, not even
+    below the ceiling (the same signal is recovered with ``random``, see above)."""
+    run_dir = tmp_path / "shuffled"
+    overrides = probe_overrides(tiny_backbone["ckpt"], tiny_aspirin)[:2]
+    overrides += ["spectral_probe.l_values=[1,2,4,5]", "spectral_probe.target=injected"]
+    overrides.append("spectral_probe.marked_direction=shuffled")
+    nequip_train("aspirin_probe.yaml", run_dir, *overrides)
+    report = json.loads((run_dir / "spectral_report.json").read_text())
+    for l, row in report["per_l"].items():
+        assert abs(row["rho_forces"]) < 0.05, (l, row)
