@@ -54,6 +54,23 @@ def tiny_aspirin(tmp_path_factory):
     return path
 
 
+def write_rmd17_npz(atoms_list, source_dir):
+    """Frames as an rMD17 file (kcal/mol) under ``source_dir``, where rMD17DataModule reads it."""
+    import numpy as np
+
+    kcalmol_to_ev = 0.0433641
+    path = source_dir / "rmd17" / "npz_data" / "rmd17_aspirin.npz"
+    path.parent.mkdir(parents=True)
+    np.savez(
+        path,
+        nuclear_charges=atoms_list[0].numbers,
+        coords=np.stack([atoms.positions for atoms in atoms_list]),
+        energies=np.array([atoms.get_potential_energy() for atoms in atoms_list]) / kcalmol_to_ev,
+        forces=np.stack([atoms.get_forces() for atoms in atoms_list]) / kcalmol_to_ev,
+    )
+    return path
+
+
 def train_tiny_backbone(run_dir, dataset, *overrides, architecture="nequip") -> str:
     """A tiny backbone (4 features, 2 layers) trained for one epoch; its best.ckpt."""
     nequip_train(

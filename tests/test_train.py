@@ -9,7 +9,7 @@ import ase.io
 import numpy as np
 import pytest
 import torch
-from conftest import nequip_train, train_tiny_backbone
+from conftest import nequip_train, train_tiny_backbone, write_rmd17_npz
 
 from nequip_spectral.train.frames import FrameSums
 
@@ -336,17 +336,7 @@ def test_an_rmd17_run_is_evaluated_on_its_own_frames_and_on_another_file(
 ):
     """``rmd17_probe.yaml`` (NequIP's rMD17DataModule, an npz in kcal/mol read without
     downloading) end to end, then ``nequip-evaluate`` with and without ``--dataset-file``."""
-    frames = ase.io.read(tiny_aspirin, index=":")
-    npz = tmp_path / "source" / "rmd17" / "npz_data" / "rmd17_aspirin.npz"
-    npz.parent.mkdir(parents=True)
-    kcal_per_ev = 1 / 0.0433641
-    np.savez(
-        npz,
-        nuclear_charges=frames[0].numbers,
-        coords=np.stack([atoms.positions for atoms in frames]),
-        energies=np.array([atoms.get_potential_energy() for atoms in frames]) * kcal_per_ev,
-        forces=np.stack([atoms.get_forces() for atoms in frames]) * kcal_per_ev,
-    )
+    npz = write_rmd17_npz(ase.io.read(tiny_aspirin, index=":"), tmp_path / "source")
     run_dir = tmp_path / "rmd17"
     nequip_train(
         "rmd17_probe.yaml", run_dir, f"data_source_dir={tmp_path / 'source'}",
