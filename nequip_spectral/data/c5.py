@@ -1,0 +1,85 @@
+r"""A synthetic calibration system with known answers: a centre atom in a regular 5-fold ring.
+
+Each frame is a carbon atom at the origin and five hydrogens on a regular pentagon of radius
+``R`` around it, optionally distorted (each ring atom moved radially by
+:math:`\mathcal N(0, \sigma_r)` and out of the plane by :math:`\mathcal N(0, \sigma_z)`), then
+turned by a uniformly random rotation. Energies and forces come from an analytic potential of
+distances only (harmonic springs between the centre and each ring atom, and between ring
+neighbours and next neighbours, all at rest on the regular ring), so a backbone learns it in
+minutes.
+
+The known answers (``README``, "Calibration"), for ``centers: [C]``, ``neighbors: [H]``:
+
+- On an exact ring every equivariant feature of the centre is invariant under the ring's
+  symmetry, a rotation by :math:`2\pi/5` about its normal :math:`\hat z`: its degree-``l``
+  part has components :math:`m \equiv 0 \pmod 5` only, so for ``l < 5`` only :math:`m = 0`,
+  which does not change when the ring turns in its plane. A head that reads the centre's
+  features of degree ``L < 5`` (``readout: centers``) is a function of :math:`\hat n \cdot
+  \hat z` alone, whatever ``d_r``.
+- The injected :math:`s_5 = \sum_j f_c(R) \sqrt{11} P_5(\hat n \cdot \hat r_j)` has, on a
+  planar ring, no :math:`m = 0` part (:math:`P_5(0) = 0`: ring directions lie in the plane),
+  only :math:`m = \pm 5`, which depends on the ring's in-plane orientation. So with
+  ``readout: centers`` on exact rings nothing of ``l = 5`` is recoverable (rho = 0), even with
+  ``d_r = 3`` whose ceiling ``d_r L = 6`` lies above 5; with ``readout: all`` the ring atoms'
+  features break the symmetry and the ceiling is the span theorem's ``d_r L``.
+- Distortion breaks the symmetry gradually, and ``l = 5`` becomes recoverable from the centre.
+"""
+
+import math
+
+import numpy as np
+import torch
+from ase import Atoms
+from ase.calculators.singlepoint import SinglePointCalculator
+
+RING_RADIUS = 1.1  # A
+SPRINGS = {1: 10.0, 2: 5.0}  # eV/A^2: ring neighbours (1 apart) and next neighbours (2 apart)
+CENTER_SPRING = 20.0  # eV/A^2
+
+
+def ring_energy(positions: torch.Tensor) -> torch.Tensor:
+    """The analytic potential (eV) of a centre (row 0) and its five ring atoms (rows 1-5)."""
+    center, ring = positions[0], positions[1:]
+    energy = 0.5 * CENTER_SPRING * ((ring - center).norm(dim=1) - RING_RADIUS).square().sum()
+    for step, spring in SPRINGS.items():
+        rest = 2 * RING_RADIUS * math.sin(math.pi * step / 5)
+        lengths = (ring - ring.roll(-step, dims=0)).norm(dim=1)
+        energy = energy + 0.5 * spring * (lengths - rest).square().sum()
+    return energy
+
+
+def random_rotation(rng: np.random.Generator) -> np.ndarray:
+    """A uniformly random rotation matrix (QR of a Gaussian matrix, signs fixed)."""
+    q, r = np.linalg.qr(rng.normal(size=(3, 3)))
+    q = q * np.sign(np.diag(r))
+    return q if np.linalg.det(q) > 0 else -q
+
+
+def c5_frame(rotation, radial=None, out_of_plane=None) -> Atoms:
+    """One frame: the ring in the xy plane (optionally distorted), then rotated, labelled."""
+    angles = 2 * np.pi * np.arange(5) / 5
+    radii = RING_RADIUS + (0.0 if radial is None else radial)
+    ring = np.stack(
+        [radii * np.cos(angles), radii * np.sin(angles), np.zeros(5) if out_of_plane is None
+         else out_of_plane], axis=1,
+    )  # fmt: skip
+    positions = np.concatenate([np.zeros((1, 3)), ring]) @ np.asarray(rotation).T
+    x = torch.tensor(positions, dtype=torch.float64, requires_grad=True)
+    energy = ring_energy(x)
+    (gradient,) = torch.autograd.grad(energy, x)
+    atoms = Atoms("CH5", positions=positions)
+    atoms.calc = SinglePointCalculator(atoms, energy=energy.item(), forces=-gradient.numpy())
+    return atoms
+
+
+def generate_c5(num_frames: int, seed: int = 0, radial: float = 0.0,
+                out_of_plane: float = 0.0) -> list[Atoms]:  # fmt: skip
+    """``num_frames`` randomly oriented rings; ``radial``, ``out_of_plane``: distortion (A)."""
+    rng = np.random.default_rng(seed)
+    frames = []
+    for _ in range(num_frames):
+        rotation = random_rotation(rng)
+        frames.append(
+            c5_frame(rotation, radial * rng.normal(size=5), out_of_plane * rng.normal(size=5))
+        )
+    return frames
