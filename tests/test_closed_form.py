@@ -129,6 +129,25 @@ def test_all_heads_at_once_equal_each_head_alone():
         assert torch.allclose(single.intercepts[:, 0], together.intercepts[:, h], rtol=1e-10)
 
 
+def test_a_feature_at_round_off_level_is_left_out():
+    """A feature that symmetry makes zero is round-off noise; scaled to a unit diagonal it
+    would be fitted like a real one. It gets no weight, and the rest is solved as without it."""
+
+    def with_noise_feature(data, seed):
+        noisy = LeastSquaresData.empty(data.energy_rows.shape[1] + 1, 2, 3)
+        noise = 1e-17 * torch.randn(data.num_frames, 1, dtype=torch.float64,
+                                    generator=torch.Generator().manual_seed(seed))  # fmt: skip
+        noisy.add_energies(torch.cat([data.energy_rows, noise], 1), data.energy_types,
+                           data.energy_targets)  # fmt: skip
+        return noisy
+
+    train, validation = random_system(40), random_system(30, seed=1)
+    clean = solve_ridge(train, validation, 1.0, 0.0)
+    noisy = solve_ridge(with_noise_feature(train, 2), with_noise_feature(validation, 3), 1.0, 0.0)
+    assert (noisy.weights[-1] == 0).all()
+    assert torch.allclose(noisy.weights[:-1], clean.weights, rtol=1e-10, atol=1e-12)
+
+
 def test_sketch_directions_are_exact_or_unbiased():
     exact = sketch_directions(3, 100, b"frame").flatten(1)
     assert torch.equal(exact.T @ exact, torch.eye(9, dtype=torch.float64))

@@ -143,7 +143,7 @@ def test_undefined_values_are_null_in_json_and_na_in_the_table(tmp_path):
 
     recovered, control, _ = synthetic(lambda t, c, e, g: t)
     silent = recovered.copy()
-    silent[:, 3:5] = 0.0  # l = 5: no injected signal (sums of e and e^2 are zero)
+    silent[:, 3:5] = 1e-17, 1e-34  # l = 5: no injected signal (round-off level e, e^2)
     per_l = np.stack([recovered, silent], 1)  # (frames, l, sums)
     head = np.stack([per_l, per_l], 1)[None]  # (backbones, frames, kinds, l, sums)
     report = build_report(as_frames(head, np.stack([control, control], 1)[None], (4, 5)))

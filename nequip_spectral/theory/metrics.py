@@ -13,7 +13,9 @@ for ``target: injected``) and :math:`e = \epsilon s_l` the injected signal, each
 ``aa``      :math:`\sum (\hat y - \hat y_0 - e)^2`
 ==========  ====================================
 
-and the control head keeps ``n, tt, rr`` of its own target. Then, over any set of frames,
+and the control head keeps ``n, tt, rr`` of its own target. Then, over any set of frames
+(undefined where the injected power, or its variance, is below ``NEGLIGIBLE`` times the
+largest probed ``l``'s: no signal to recover),
 
 .. math::
 
@@ -28,6 +30,7 @@ import torch
 from .bootstrap import cluster_bootstrap
 
 HEAD_SUMS = ("n", "tt", "rr", "e", "ee", "aa")
+NEGLIGIBLE = 1e-12  # an injected power or variance below this fraction of the largest l's
 CONTROL_SUMS = ("n", "tt", "rr")
 
 
@@ -76,6 +79,11 @@ def spectrum(head_totals: np.ndarray, control_totals: np.ndarray) -> dict:
     control_gain = ((tt0 - rr0) / n0)[..., None]
     power = ee / n
     variance = power - (e / n) ** 2
+    # no injected signal (power or variance at round-off level: symmetry can make an l vanish)
+    with np.errstate(invalid="ignore"):
+        negligible = NEGLIGIBLE * np.max(power, axis=-1, keepdims=True)
+    power = np.where(power > negligible, power, np.nan)
+    variance = np.where(variance > negligible, variance, np.nan)
     with np.errstate(divide="ignore", invalid="ignore"):
         return {
             "gain": gain,

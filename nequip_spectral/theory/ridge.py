@@ -15,7 +15,8 @@ is a ridge regression. Its data are kept as :class:`LeastSquaresData`: the energ
 themselves (one per frame, :math:`K` numbers) and the force rows' normal equations
 :math:`\sum g g^\top`, :math:`\sum g\, t^F` (a force row per force component, or per random
 direction of a sketch, see :func:`sketch_directions`). :func:`solve_ridge` partials out the
-intercept, scales the features to a unit diagonal (:math:`D`), and solves for every
+intercept, scales the features to a unit diagonal (:math:`D`; a feature at round-off level,
+below ``DROPPED_BELOW`` of the largest diagonal, is left out), and solves for every
 :math:`\alpha` of a grid at once from one eigendecomposition (of the :math:`K \times K`
 normal matrix, or of the frames' Gram matrix when there are fewer energy rows than features
 and no force rows); each head keeps the :math:`\alpha` with the lowest loss on the
@@ -29,6 +30,7 @@ import numpy as np
 import torch
 
 ALPHAS = 10.0 ** np.arange(-9.0, 3.01, 0.5)  # relative to the mean eigenvalue (1 after scaling)
+DROPPED_BELOW = 1e-12  # a feature whose diagonal is below this fraction of the largest: left out
 
 
 @dataclasses.dataclass
@@ -186,22 +188,29 @@ def solve_ridge(
     energy_weight = energy_coeff / max(train.num_frames, 1)
     force_weight = forces_coeff / float(train.force_components) if use_forces else 0.0
     diagonal = energy_weight * rows.square().sum(0) + force_weight * train.force_gram.diagonal()
-    scale = torch.where(diagonal > 0, diagonal.sqrt(), torch.ones_like(diagonal))
-    moment = (energy_weight * rows.T @ targets + force_weight * train.force_moment) / scale[:, None]
+    # a feature at round-off level (one that symmetry makes zero, say) is left out: scaled to
+    # a unit diagonal it would be pure noise with the weight of a real feature
+    kept = diagonal > DROPPED_BELOW * diagonal.max()
+    inverse_scale = torch.where(kept, diagonal.rsqrt(), torch.zeros_like(diagonal))
+    moment = energy_weight * rows.T @ targets + force_weight * train.force_moment
+    moment = moment * inverse_scale[:, None]
 
-    scaled = rows * (energy_weight**0.5 / scale)  # energy rows of the unit-diagonal problem
+    scaled = rows * (energy_weight**0.5 * inverse_scale)  # rows of the unit-diagonal problem
     if not use_forces and scaled.shape[0] < scaled.shape[1]:  # fewer frames than features
         eigenvalues, eigenvectors = torch.linalg.eigh(scaled @ scaled.T)
         keep = eigenvalues > eigenvalues.max() * 1e-14
         eigenvalues = eigenvalues[keep]
         basis = scaled.T @ eigenvectors[:, keep] / eigenvalues.sqrt()  # the same eigenvectors
     else:
-        gram = scaled.T @ scaled + force_weight * train.force_gram / scale[:, None] / scale
+        gram = scaled.T @ scaled + force_weight * train.force_gram * torch.outer(
+            inverse_scale, inverse_scale
+        )
         eigenvalues, basis = torch.linalg.eigh(gram)
     projected = basis.T @ moment  # (modes, heads)
 
     def solution(alpha):
-        weights = basis @ (projected / (eigenvalues.clamp(min=0) + alpha)[:, None]) / scale[:, None]
+        weights = basis @ (projected / (eigenvalues.clamp(min=0) + alpha)[:, None])
+        weights = weights * inverse_scale[:, None]
         intercepts = projector @ (train.energy_targets - train.energy_rows @ weights)
         return weights, intercepts
 
