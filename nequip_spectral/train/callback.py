@@ -69,16 +69,17 @@ class SpectralMetrics(lightning.Callback):
     training and validation frames, :mod:`~nequip_spectral.train.closed_form`), written to
     ``best.ckpt`` and ``last.ckpt`` where the ``ModelCheckpoint`` would write them, and no
     gradient epoch runs. At the end of test, per backbone and probed ``l``: rho, R2_inj and
-    raw gain of both spectra, the cliff ``rho(d_r L) / rho(d_r L + 1)`` and a hierarchical
-    cluster bootstrap of ``Delta = G_a - G_b``; prints the table and writes
-    ``spectral_report.json``, ``.csv`` and ``.png`` into ``output_dir``. With ``solver: sgd``
+    raw gain of both spectra, the cliff ``rho(d_r L) / rho(d_r L + 1)`` and intervals from a
+    two-level cluster bootstrap (backbones, then blocks of frames consecutive in their
+    trajectory); writes the per-frame file ``spectral_frames.npz`` (:mod:`.frames`), prints the
+    table and writes ``spectral_report.json``, ``.csv`` and ``.png`` into ``output_dir``. With ``solver: sgd``
     each head keeps the weights of its own best epoch on the validation frames
     (:class:`~nequip_spectral.train.best_heads.BestHeads`), written to ``best.ckpt``.
 
     Before anything trains, it refuses a fresh run whose ``output_dir`` holds a report or a
     checkpoint already (a run resumed with ``ckpt_path=`` goes on), and applies the
     transforms to every frame of every split once, so that a bad frame is named by its index
-    in its file.
+    in its file (and each test frame's place in its file is known).
 
     .. code-block:: yaml
 
