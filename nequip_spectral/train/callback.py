@@ -71,9 +71,10 @@ class SpectralMetrics(lightning.Callback):
     gradient epoch runs. At the end of test, per backbone and probed ``l``: rho, R2_inj and
     raw gain of both spectra, the cliff ``rho(d_r L) / rho(d_r L + 1)`` and intervals from a
     two-level cluster bootstrap (backbones, then blocks of frames consecutive in their
-    trajectory); writes the per-frame file ``spectral_frames.npz`` (:mod:`.frames`), prints the
-    table and writes ``spectral_report.json``, ``.csv`` and ``.png`` into ``output_dir``. With ``solver: sgd``
-    each head keeps the weights of its own best epoch on the validation frames
+    trajectory); writes the per-frame file ``spectral_frames.npz`` (:mod:`.frames`), prints
+    the table and writes ``spectral_report.json``, ``.csv`` and ``.png`` into ``output_dir``.
+    With ``solver: sgd`` each head keeps the weights of its own best epoch on the validation
+    frames
     (:class:`~nequip_spectral.train.best_heads.BestHeads`), written to ``best.ckpt``.
 
     Before anything trains, it refuses a fresh run whose ``output_dir`` holds a report or a
