@@ -74,8 +74,7 @@ class SpectralMetrics(lightning.Callback):
     trajectory); writes the per-frame file ``spectral_frames.npz`` (:mod:`.frames`), prints
     the table and writes ``spectral_report.json``, ``.csv`` and ``.png`` into ``output_dir``.
     With ``solver: sgd`` each head keeps the weights of its own best epoch on the validation
-    frames
-    (:class:`~nequip_spectral.train.best_heads.BestHeads`), written to ``best.ckpt``.
+    frames (:class:`~nequip_spectral.train.best_heads.BestHeads`), written to ``best.ckpt``.
 
     Before anything trains, it refuses a fresh run whose ``output_dir`` holds a report or a
     checkpoint already (a run resumed with ``ckpt_path=`` goes on), and applies the
