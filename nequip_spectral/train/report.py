@@ -248,7 +248,8 @@ def format_table(report: dict) -> str:
         lines.append(f"rho ({report['primary']}) per backbone:")
         for b, backbone in enumerate(report["per_backbone"]):
             values = " ".join(cell(row["rho"], 7) for row in backbone["per_l"].values())
-            lines.append(f"  b{b} {values}  {Path(backbone['path']).parent.name}")
+            where = "/".join(Path(backbone["path"]).parts[-3:-1])  # e.g. sweep/0 of sweep/0/best
+            lines.append(f"  b{b} {values}  {where}")
     cliff = report["cliff"]
     if "rho_boundary" in cliff:
         ratio = cliff["ratio"]
