@@ -5,7 +5,12 @@ import numpy as np
 import pytest
 from conftest import as_frames
 
-from nequip_spectral.theory.bootstrap import choose_block_length, cluster_bootstrap, summarize
+from nequip_spectral.theory.bootstrap import (
+    choose_block_length,
+    cluster_bootstrap,
+    lag1_autocorrelation,
+    summarize,
+)
 from nequip_spectral.theory.metrics import bootstrap_spectrum
 from nequip_spectral.train.frames import FrameSums
 from nequip_spectral.train.report import build_report
@@ -71,12 +76,14 @@ def test_clusters_with_different_means_widen_the_interval():
 
 def test_time_blocks_widen_the_interval_of_a_correlated_series_and_not_of_a_shuffled_one():
     series = ar1(600, phi=0.9)[None]
+    assert lag1_autocorrelation(series[0]) > 0.8
     chosen = choose_block_length(series[0])
     assert chosen >= 5
     iid, blocks = delta_of(series, 1), delta_of(series, chosen)
     assert width(blocks) > 2 * width(iid)
 
     shuffled = np.random.default_rng(3).permutation(series[0])[None]
+    assert abs(lag1_autocorrelation(shuffled[0])) < 0.1
     chosen_shuffled = choose_block_length(shuffled[0])
     assert chosen_shuffled <= 3
     ratio = width(delta_of(shuffled, chosen_shuffled)) / width(delta_of(shuffled, 1))

@@ -23,6 +23,14 @@ def choose_block_length(series: np.ndarray) -> int:
     return int(min(len(series), max(1, math.ceil(estimate))))
 
 
+def lag1_autocorrelation(series: np.ndarray) -> float:
+    """Correlation of a series with itself one step later (how much neighbours share)."""
+    series = np.asarray(series, dtype=float)
+    if len(series) < 3 or np.ptp(series) == 0:
+        return float("nan")
+    return float(np.corrcoef(series[:-1], series[1:])[0, 1])
+
+
 def cluster_bootstrap(statistic, num_backbones: int, num_frames: int, block_length: int,
                       n_replicates: int = 2000, seed: int = 0) -> np.ndarray:  # fmt: skip
     """Replicates of ``statistic`` under the two-level bootstrap.

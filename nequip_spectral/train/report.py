@@ -11,7 +11,7 @@ from nequip.data import AtomicDataDict
 from .._keys import SPECTRUM_FIT, head_name
 from ..config import SpectralProbeConfig
 from ..targets import FIELDS, KINDS, head_target
-from ..theory.bootstrap import choose_block_length, summarize
+from ..theory.bootstrap import choose_block_length, lag1_autocorrelation, summarize
 from ..theory.metrics import bootstrap_spectrum, frame_contrast, frame_sums, spectrum
 from .frames import FrameSums
 
@@ -176,10 +176,11 @@ def build_report(
         "note": None if defined else "not defined: rho_above <= 0",
     }
 
+    contrast = frame_contrast(head[:, :, 0], a, b)  # the per-frame Delta, in frame order
     block_length = block_length or context["block_length"]
     chosen_by = "set"
     if block_length is None:
-        block_length = choose_block_length(frame_contrast(head[:, :, 0], a, b))
+        block_length = choose_block_length(contrast)
         chosen_by = "arch optimal_block_length (circular) of the per-frame Delta"
     n_bootstrap = n_bootstrap or context["n_bootstrap"]
     replicates = bootstrap_spectrum(head, control, a, b, block_length, n_bootstrap, seed=probe.seed)
@@ -190,6 +191,7 @@ def build_report(
         "block_length": block_length,
         "block_length_chosen_by": chosen_by,
         "frame_order": frame_order,
+        "lag1_autocorrelation": _finite(lag1_autocorrelation(contrast)),
         "seed": probe.seed,
     }
     for l, row in report["per_l"].items():
@@ -269,7 +271,8 @@ def format_table(report: dict) -> str:
         lines.append(
             f"bootstrap: {bootstrap['replicates']} replicates, backbones then blocks of "
             f"{bootstrap['block_length']} test frames in {bootstrap['frame_order']} order "
-            f"(block length {bootstrap['block_length_chosen_by']})"
+            f"(block length {bootstrap['block_length_chosen_by']}; lag-1 autocorrelation of "
+            f"the per-frame Delta {cell(bootstrap['lag1_autocorrelation'])})"
         )
     return "\n".join(lines)
 
