@@ -258,7 +258,11 @@ def format_table(report: dict) -> str:
         lines.append(
             f"cliff rho({report['boundary']}) / rho({report['boundary'] + 1}) = "
             + (f"{ratio:.1f}" if ratio is not None else f"n/a ({cliff['note']})")
-            + f", 95% CI {interval(cliff['ratio_ci95'], 0, 1).replace('n/a', 'unbounded')}"
+            + (
+                ", 95% CI unbounded (no replicate recovers anything above)"
+                if cliff["ratio_ci95"][0] is None
+                else f", 95% CI {interval(cliff['ratio_ci95'], 0, 1).replace('n/a', 'unbounded')}"
+            )
             + f"  [rho {cell(cliff['rho_boundary'])} -> {cell(cliff['rho_above'])}]"
         )
         for name in ("delta", "rho_diff"):
