@@ -81,6 +81,11 @@ def batch_frame_sums(outputs, data, probe: SpectralProbeConfig, num_backbones: i
     return torch.stack(heads).cpu(), torch.stack(controls).cpu()
 
 
+def backbone_name(path: str) -> str:
+    """A backbone by its run: ``runs/bb4/0/best.ckpt`` -> ``bb4/0``."""
+    return "/".join(Path(path).parts[-3:-1]) or str(path)
+
+
 def _finite(x):
     return None if x is None or not np.isfinite(x) else float(x)
 
@@ -250,8 +255,7 @@ def format_table(report: dict) -> str:
         lines.append(f"rho ({report['primary']}) per backbone:")
         for b, backbone in enumerate(report["per_backbone"]):
             values = " ".join(cell(row["rho"], 7) for row in backbone["per_l"].values())
-            where = "/".join(Path(backbone["path"]).parts[-3:-1])  # e.g. sweep/0 of sweep/0/best
-            lines.append(f"  b{b} {values}  {where}")
+            lines.append(f"  b{b} {values}  {backbone_name(backbone['path'])}")
     cliff = report["cliff"]
     if "rho_boundary" in cliff:
         ratio = cliff["ratio"]
@@ -348,7 +352,7 @@ def plot_spectrum(report: dict, path) -> None:
         ax.set_title(title)
         ax.set_xticks(ls)
         ax.legend()
-    names = ", ".join(Path(b["path"]).name for b in report["per_backbone"])
+    names = ", ".join(backbone_name(b["path"]) for b in report["per_backbone"])
     fig.suptitle(
         f"Spectrum of {report['n_backbones']} backbone(s) ({names}), L = {report['L']}, "
         f"d_r = {report['degree']}"
