@@ -30,7 +30,7 @@ import numpy as np
 import torch
 
 ALPHAS = 10.0 ** np.arange(-9.0, 3.01, 0.5)  # relative to the mean eigenvalue (1 after scaling)
-DROPPED_BELOW = 1e-12  # a feature whose diagonal is below this fraction of the largest: left out
+DROPPED_BELOW = 1e-13  # a feature whose diagonal is below this fraction of the largest: left out
 
 
 @dataclasses.dataclass
