@@ -16,6 +16,8 @@ import sys
 import time
 from pathlib import Path
 
+from ..data.aspirin import BUNDLED_ASPIRIN
+
 CONFIGS = Path(__file__).resolve().parents[2] / "example_configs"
 
 
@@ -52,16 +54,17 @@ def main(argv=None) -> None:
     start = time.perf_counter()
 
     train = ["nequip-train", "-cp", str(CONFIGS)]
+    data = f"dataset_file={BUNDLED_ASPIRIN}"  # absolute: the demo runs from any directory
     _stage(
         f"1/2 training the example NequIP backbone (l_max = 2) for {args.backbone_epochs} epochs",
-        [*train, "-cn", "aspirin_backbone.yaml", f"hydra.run.dir={output / 'backbone'}",
+        [*train, "-cn", "aspirin_backbone.yaml", data, f"hydra.run.dir={output / 'backbone'}",
          f"max_epochs={args.backbone_epochs}", *overrides],
     )  # fmt: skip
     spectra = "the energy spectrum" if args.energy_only else "the energy and force spectra"
     how = "in closed form" if args.solver == "closed_form" else f"{args.probe_epochs} epochs"
     _stage(
         f"2/2 probing it: SPN heads for l = 0..7 on the frozen backbone, {spectra}, {how}",
-        [*train, "-cn", "aspirin_probe.yaml", f"hydra.run.dir={output / 'probe'}",
+        [*train, "-cn", "aspirin_probe.yaml", data, f"hydra.run.dir={output / 'probe'}",
          f"max_epochs={args.probe_epochs}", f"spectral_probe.solver={args.solver}",
          f"force_spectrum={str(not args.energy_only).lower()}",
          f"spectral_probe.force_directions={args.force_directions or 'null'}",
