@@ -124,10 +124,11 @@ class SpectralMetrics(lightning.Callback):
             self._started = True
         datamodule = trainer.datamodule
         if stage == "fit" and trainer.is_global_zero:
-            test = getattr(datamodule, "test_dataset_config", None) or []
-            for datasets in (datamodule.train_dataset, datamodule.val_dataset, instantiate(test)):
+            for datasets in (datamodule.train_dataset, datamodule.val_dataset):
                 check_frames(datasets or [], self.probe)
-        elif stage == "test" and trainer.is_global_zero:
+            test = getattr(datamodule, "test_dataset_config", None) or []
+            self._sources = check_frames(instantiate(test) or [], self.probe)
+        elif stage == "test" and trainer.is_global_zero and not self._sources:  # test-only run
             self._sources = check_frames(datamodule.test_dataset or [], self.probe)
 
     def on_fit_start(self, trainer, pl_module) -> None:
@@ -188,10 +189,10 @@ class SpectralMetrics(lightning.Callback):
         self._batches.append((head, control, batch_frame_ids(batch)))
 
     def on_test_epoch_end(self, trainer, pl_module) -> None:
-        head, control, ids = (
-            gather_frames(torch.cat(parts, dim=dim), dim=dim)
-            for parts, dim in zip(zip(*self._batches, strict=True), (1, 1, 0), strict=True)
-        )
+        heads, controls, ids = zip(*self._batches, strict=True)
+        head = gather_frames(torch.cat(heads, dim=1))
+        control = gather_frames(torch.cat(controls, dim=1))
+        ids = gather_frames(torch.cat(ids), dim=0)
         if trainer.global_rank != 0:
             return
         probe_model = _probe_model(pl_module)
