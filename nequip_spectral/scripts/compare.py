@@ -12,6 +12,8 @@ from pathlib import Path
 
 import numpy as np
 
+from ..train.report import REPORT_FILES
+
 COLUMNS = ("rho_forces", "R2_inj_forces", "rho_energy", "R2_inj_energy")
 FILES = ("spectral_compare.csv", "spectral_compare.png")
 
@@ -19,7 +21,7 @@ FILES = ("spectral_compare.csv", "spectral_compare.png")
 def load_reports(run_dirs) -> list[dict]:
     reports = []
     for run_dir in map(Path, run_dirs):
-        path = run_dir / "spectral_report.json" if run_dir.is_dir() else run_dir
+        path = run_dir / REPORT_FILES[0] if run_dir.is_dir() else run_dir
         if not path.is_file():
             raise FileNotFoundError(f"{path} not found: is {run_dir} a probe run directory?")
         reports.append(json.loads(path.read_text()))
