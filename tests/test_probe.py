@@ -47,14 +47,19 @@ def test_head_has_degree_dL_in_the_direction_and_nothing_above(L, degree, activa
     n = torch.nn.functional.normalize(torch.randn(600, 3), dim=1)
     values = head(features, o3.spherical_harmonics(head.irreps_harmonics, n, True)).squeeze(0)
 
-    top = degree * L + 2
-    basis = o3.spherical_harmonics(list(range(top + 1)), n, normalize=True)
-    coefficients = torch.linalg.lstsq(basis, values.unsqueeze(1)).solution.squeeze(1)
-    assert torch.allclose(basis @ coefficients, values, atol=1e-9)  # the fit is exact
-    norms = [coefficients[lam**2 : (lam + 1) ** 2].norm() for lam in range(top + 1)]
-    scale = coefficients.norm()
+    norms, scale = harmonic_norms(values, n, top=degree * L + 2)
     assert norms[degree * L] > 1e-3 * scale
     assert max(norms[degree * L + 1 :]) < 1e-9 * scale
+
+
+def harmonic_norms(values, n, top: int):
+    """A function of the direction ``n``, sampled as ``values``, in real harmonics up to
+    ``top``: the norm of each degree's coefficients, and of all (the fit must be exact)."""
+    basis = o3.spherical_harmonics(list(range(top + 1)), n, normalize=True)
+    coefficients = torch.linalg.lstsq(basis, values.reshape(-1, 1)).solution.squeeze(1)
+    assert torch.allclose(basis @ coefficients, values.reshape(-1), atol=1e-9)
+    norms = [coefficients[lam**2 : (lam + 1) ** 2].norm() for lam in range(top + 1)]
+    return norms, coefficients.norm()
 
 
 @pytest.mark.parametrize("degree", [2, 3])
@@ -213,11 +218,8 @@ def test_heads_on_real_tapped_features_have_degree_dL(any_probe, aspirin_atoms, 
         torch.nn.init.normal_(head.weights)
     n = torch.nn.functional.normalize(torch.randn(400, 3, dtype=atom.dtype), dim=1)
     values = head(atom.expand(400, -1), o3.spherical_harmonics(head.irreps_harmonics, n, True))
-    basis = o3.spherical_harmonics(list(range(7)), n, normalize=True)
-    coefficients = torch.linalg.lstsq(basis, values.view(-1, 1)).solution.squeeze(1)
-    assert torch.allclose(basis @ coefficients, values.view(-1), atol=1e-9)
-    norms = [coefficients[lam**2 : (lam + 1) ** 2].norm() for lam in range(7)]
-    assert max(norms[5:]) < 1e-9 * coefficients.norm()  # nothing above d_r L = 4
+    norms, scale = harmonic_norms(values, n, top=6)
+    assert max(norms[5:]) < 1e-9 * scale  # nothing above d_r L = 4
     assert norms[4] > 1e4 * max(norms[5:])  # and something at it, far above round-off
 
 
