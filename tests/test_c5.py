@@ -38,6 +38,22 @@ def test_the_generator_is_deterministic_and_an_exact_ring_is_at_rest():
     assert all(atoms.get_potential_energy() > 0 for atoms in distorted)
 
 
+def test_a_stretch_is_systematic_and_a_random_distortion_is_not():
+    """A stretch makes every frame one molecule, turned (equal distance matrices, the first
+    ring atom at R + stretch); a random distortion makes every frame another molecule."""
+
+    def distances(atoms):
+        return atoms.get_all_distances()
+
+    stretched = generate_c5(3, seed=4, stretch=0.05)
+    for atoms in stretched[1:]:
+        np.testing.assert_allclose(distances(atoms), distances(stretched[0]), atol=1e-12)
+    np.testing.assert_allclose(distances(stretched[0])[0, 1:], [1.15, 1.1, 1.1, 1.1, 1.1])
+    assert all(atoms.get_potential_energy() > 0 for atoms in stretched)
+    distorted = generate_c5(2, seed=4, radial=0.05)
+    assert not np.allclose(distances(distorted[0]), distances(distorted[1]), atol=1e-3)
+
+
 def center_features(backbone, atoms) -> torch.Tensor:
     data = from_ase(atoms)
     data = ChemicalSpeciesToAtomTypeMapper(

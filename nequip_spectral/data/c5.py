@@ -1,9 +1,11 @@
 r"""A synthetic calibration system with known answers: a centre atom in a regular 5-fold ring.
 
 Each frame is a carbon atom at the origin and five hydrogens on a regular pentagon of radius
-``R`` around it, optionally distorted (each ring atom moved radially by
-:math:`\mathcal N(0, \sigma_r)` and out of the plane by :math:`\mathcal N(0, \sigma_z)`), then
-turned by a uniformly random rotation. Energies and forces come from an analytic potential of
+``R`` around it, optionally distorted, then turned by a uniformly random rotation. Two kinds of
+distortion: random (each ring atom moved radially by :math:`\mathcal N(0, \sigma_r)` and out
+of the plane by :math:`\mathcal N(0, \sigma_z)`, drawn anew for every frame) and systematic
+(``stretch``: the first ring atom moved radially by :math:`\varepsilon` in every frame, so
+every frame is one molecule, turned). Energies and forces come from an analytic potential of
 distances only (harmonic springs between the centre and each ring atom, and between ring
 neighbours and next neighbours, all at rest on the regular ring), so a backbone learns it in
 minutes.
@@ -22,7 +24,13 @@ The known answers (``README``, "Calibration"), for ``centers: [C]``, ``neighbors
   ``readout: centers`` on exact rings nothing of ``l = 5`` is recoverable (rho = 0), even with
   ``d_r = 3`` whose ceiling ``d_r L = 6`` lies above 5; with ``readout: all`` the ring atoms'
   features break the symmetry and the ceiling is the span theorem's ``d_r L``.
-- Distortion breaks the symmetry gradually, and ``l = 5`` becomes recoverable from the centre.
+- A systematic stretch :math:`\varepsilon` gives the centre's features parts with
+  :math:`m = \pm 1, \pm 2` of size :math:`O(\varepsilon)` that turn with the ring; a product
+  of three of them reaches :math:`m = \pm 5` (2 + 2 + 1) with size :math:`O(\varepsilon^3)`,
+  so ``d_r = 3`` recovers ``l = 5`` from the centre gradually as :math:`\varepsilon` grows, and
+  ``d_r = 2`` (ceiling 4) never does. A random distortion of zero mean gives the same products
+  a random sign: their correlation with :math:`s_5` is a third moment of the distortion, zero
+  for a Gaussian, so random distortions keep ``l = 5`` unrecoverable from the centre.
 """
 
 import math
@@ -73,13 +81,15 @@ def c5_frame(rotation, radial=None, out_of_plane=None) -> Atoms:
 
 
 def generate_c5(num_frames: int, seed: int = 0, radial: float = 0.0,
-                out_of_plane: float = 0.0) -> list[Atoms]:  # fmt: skip
-    """``num_frames`` randomly oriented rings; ``radial``, ``out_of_plane``: distortion (A)."""
+                out_of_plane: float = 0.0, stretch: float = 0.0) -> list[Atoms]:  # fmt: skip
+    """``num_frames`` randomly oriented rings; ``radial``, ``out_of_plane``: widths of the
+    random distortion (A); ``stretch``: the first ring atom's systematic radial shift (A)."""
     rng = np.random.default_rng(seed)
+    systematic = stretch * np.eye(5)[0]
     frames = []
     for _ in range(num_frames):
         rotation = random_rotation(rng)
-        frames.append(
-            c5_frame(rotation, radial * rng.normal(size=5), out_of_plane * rng.normal(size=5))
-        )
+        frames.append(c5_frame(
+            rotation, systematic + radial * rng.normal(size=5), out_of_plane * rng.normal(size=5)
+        ))  # fmt: skip
     return frames

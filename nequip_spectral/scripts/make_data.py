@@ -50,6 +50,8 @@ def make_c5(argv=None) -> None:
     parser = _parser("Write the synthetic 5-fold ring calibration data (extxyz).", 600)
     parser.add_argument("--radial", type=float, default=0.0, help="radial distortion (A)")
     parser.add_argument("--out-of-plane", type=float, default=0.0, help="distortion (A)")
+    parser.add_argument("--stretch", type=float, default=0.0,
+                        help="systematic radial shift of the first ring atom (A)")  # fmt: skip
     args = parser.parse_args(argv)
     _write(parser, args, lambda: generate_c5(args.frames, args.seed, args.radial,
-                                             args.out_of_plane))  # fmt: skip
+                                             args.out_of_plane, args.stretch))  # fmt: skip
