@@ -24,13 +24,14 @@ The known answers (``README``, "Calibration"), for ``centers: [C]``, ``neighbors
   ``readout: centers`` on exact rings nothing of ``l = 5`` is recoverable (rho = 0), even with
   ``d_r = 3`` whose ceiling ``d_r L = 6`` lies above 5; with ``readout: all`` the ring atoms'
   features break the symmetry and the ceiling is the span theorem's ``d_r L``.
-- A systematic stretch :math:`\varepsilon` gives the centre's features parts with
-  :math:`m = \pm 1, \pm 2` of size :math:`O(\varepsilon)` that turn with the ring; a product
-  of three of them reaches :math:`m = \pm 5` (2 + 2 + 1) with size :math:`O(\varepsilon^3)`,
-  so ``d_r = 3`` recovers ``l = 5`` from the centre gradually as :math:`\varepsilon` grows, and
-  ``d_r = 2`` (ceiling 4) never does. A random distortion of zero mean gives the same products
-  a random sign: their correlation with :math:`s_5` is a third moment of the distortion, zero
-  for a Gaussian, so random distortions keep ``l = 5`` unrecoverable from the centre.
+- A systematic stretch :math:`\varepsilon` makes every frame one molecule, turned: the centre's
+  features get parts with :math:`m = \pm 1, \pm 2` of size :math:`O(\varepsilon)` that turn
+  with the ring, and a product of three of them reaches :math:`m = \pm 5` (2 + 2 + 1), so
+  ``d_r = 3`` recovers ``l = 5`` from the centre once that :math:`O(\varepsilon^3)` part is
+  resolved, and ``d_r = 2`` (ceiling 4) never does. A random distortion, drawn anew for every
+  frame, gives the same products a random phase: what they share with :math:`s_5` is, at
+  leading order, a third moment of the distortion (zero for a Gaussian), so the recoverable
+  part grows with the ratio of systematic to random distortion.
 """
 
 import math
