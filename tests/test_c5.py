@@ -6,7 +6,13 @@ import torch
 from nequip.data import AtomicDataDict, from_ase
 from nequip.data.transforms import ChemicalSpeciesToAtomTypeMapper, NeighborListTransform
 
-from nequip_spectral.data.c5 import c5_frame, generate_c5, random_rotation, ring_energy
+from nequip_spectral.data.c5 import (
+    c5_frame,
+    generate_c5,
+    random_rotation,
+    recoverable_at_leading_order,
+    ring_energy,
+)
 from nequip_spectral.model.frozen_spn import load_frozen_backbone
 
 
@@ -52,6 +58,21 @@ def test_a_stretch_is_systematic_and_a_random_distortion_is_not():
     assert all(atoms.get_potential_energy() > 0 for atoms in stretched)
     distorted = generate_c5(2, seed=4, radial=0.05)
     assert not np.allclose(distances(distorted[0]), distances(distorted[1]), atol=1e-3)
+
+
+@pytest.mark.parametrize("width", [0.0025, 0.01, 0.02])
+def test_the_leading_order_estimate_of_c_equals_its_monte_carlo(width):
+    """The closed form of known answer (c) against a direct draw of the radial shifts: the
+    squared correlation of A^2 B (the m = 5 product) with the ring's m = 5 phase."""
+    rng = np.random.default_rng(0)
+    shifts = width * rng.normal(size=(200_000, 5))
+    shifts[:, 0] += 0.05
+    ring = np.exp(2j * np.pi * np.arange(5) / 5)
+    a, b = shifts @ ring**2, shifts @ ring
+    product = a * a * b
+    monte_carlo = abs(product.mean()) ** 2 / np.mean(abs(product) ** 2)
+    assert recoverable_at_leading_order(0.05, width) == pytest.approx(monte_carlo, abs=0.01)
+    assert recoverable_at_leading_order(0.05, 0.0) == 1.0
 
 
 def center_features(backbone, atoms) -> torch.Tensor:

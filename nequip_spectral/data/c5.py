@@ -81,6 +81,19 @@ def c5_frame(rotation, radial=None, out_of_plane=None) -> Atoms:
     return atoms
 
 
+def recoverable_at_leading_order(stretch: float, width: float) -> float:
+    r"""The part of the centre's ``l = 5`` that a stretch (A) leaves recoverable under random
+    radial shifts of standard deviation ``width`` (A), at leading order: the squared
+    correlation of :math:`A^2 B` with :math:`s_5`, where :math:`A, B` are the ring's
+    ``m = 2`` and ``m = 1`` Fourier sums of the radial shifts. With :math:`r = \varepsilon /
+    (\sqrt 5 \sigma)` it is :math:`r^6 / ((r^4 + 4 r^2 + 2)(r^2 + 1))`; the out-of-plane
+    shifts are left out."""
+    if width == 0:
+        return 1.0
+    r2 = (stretch / width) ** 2 / 5
+    return r2**3 / ((r2**2 + 4 * r2 + 2) * (r2 + 1))
+
+
 def generate_c5(num_frames: int, seed: int = 0, radial: float = 0.0,
                 out_of_plane: float = 0.0, stretch: float = 0.0) -> list[Atoms]:  # fmt: skip
     """``num_frames`` randomly oriented rings; ``radial``, ``out_of_plane``: widths of the
