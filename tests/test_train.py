@@ -415,16 +415,17 @@ def test_the_capacity_and_activation_controls_run_as_multiruns(tiny_backbone, ti
         "capacity": ["spectral_probe.feature_budget=20,200"],
         "activation": ["spectral_probe.solver=sgd", "spectral_probe.activation=null,gate"],
     }
+    reports = {}
     for name, control in sweeps.items():
         sweep = tmp_path / name
         nequip_train("aspirin_probe.yaml", tmp_path, *overrides, *control,
                      f"hydra.sweep.dir={sweep}")  # fmt: skip
-        reports = [json.loads((sweep / str(job) / "spectral_report.json").read_text())
-                   for job in (0, 1)]  # fmt: skip
-        assert reports[0]["head_parameters"] < reports[1]["head_parameters"], name
-        for report in reports:
+        reports[name] = [json.loads((sweep / str(job) / "spectral_report.json").read_text())
+                         for job in (0, 1)]  # fmt: skip
+        assert reports[name][0]["head_parameters"] < reports[name][1]["head_parameters"], name
+        for report in reports[name]:
             assert abs(report["per_l"]["5"]["rho_forces"]) < 0.03, (name, report["per_l"]["5"])
-    assert [r["activation"] for r in reports] == [None, "gate"]
+    assert [r["activation"] for r in reports["activation"]] == [None, "gate"]
 
 
 def test_the_untrained_backbone_recipe_keeps_the_initial_weights(tiny_aspirin, tmp_path):
@@ -432,16 +433,15 @@ def test_the_untrained_backbone_recipe_keeps_the_initial_weights(tiny_aspirin, t
     weights of one epoch at learning rate 0 equal those of two, and differ from one trained
     epoch of the same seed."""
 
-    def weights(*overrides):
-        run_dir = tmp_path / str(len(list(tmp_path.iterdir())))
-        checkpoint = torch.load(train_tiny_backbone(run_dir, tiny_aspirin, *overrides),
+    def weights(name, *overrides):
+        checkpoint = torch.load(train_tiny_backbone(tmp_path / name, tiny_aspirin, *overrides),
                                 map_location="cpu", weights_only=False)  # fmt: skip
         state = checkpoint["state_dict"]
         return {k: v for k, v in state.items() if isinstance(v, torch.Tensor)}
 
-    untrained = weights("training_module.optimizer.lr=0")
-    longer = weights("training_module.optimizer.lr=0", "max_epochs=2")
-    trained = weights()
+    untrained = weights("untrained", "training_module.optimizer.lr=0")
+    longer = weights("longer", "training_module.optimizer.lr=0", "max_epochs=2")
+    trained = weights("trained")
     assert untrained.keys() == longer.keys() == trained.keys() and len(untrained) > 10
     assert all(torch.equal(untrained[k], longer[k]) for k in untrained)
     assert any(not torch.equal(untrained[k], trained[k]) for k in untrained)
