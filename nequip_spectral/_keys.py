@@ -6,7 +6,7 @@ batching, metrics and loss handle each ``l`` like any other label.
 
 from typing import Final
 
-from nequip.data._key_registry import register_fields
+from nequip.data import register_fields
 
 MAX_PROBE_L: Final[int] = 24  # highest probed degree with registered fields
 

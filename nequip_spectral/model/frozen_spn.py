@@ -4,9 +4,9 @@ import os
 
 from e3nn import o3
 from nequip.data import AtomicDataDict
-from nequip.model import ModelFromCheckpoint, ModelFromPackage
-from nequip.model.utils import fresh_model_builder_context, model_builder
+from nequip.model.utils import model_builder
 
+from .._nequip import graph_network_modules, load_graph_model
 from ..config import SpectralProbeConfig, SpectralProbeError
 from ..nn.allegro_tap import AllegroTensorTap, is_allegro_module
 from ..nn.probe import FrozenBackbone, SpectralProbeModel
@@ -19,20 +19,18 @@ def _node_feature_irreps(module):
 
 
 def load_frozen_backbone(path: str, feature_tap: str = "auto") -> FrozenBackbone:
-    """Load a ``.ckpt`` or ``.nequip.zip`` model, then :func:`freeze_and_tap` it.
+    """Load a ``.ckpt`` or ``.nequip.zip`` model on the CPU, then :func:`freeze_and_tap` it.
 
-    The path is made absolute, so a probe reloaded from another directory finds it again.
+    On the CPU whatever device the file was saved from: the probe module moves it where it
+    goes. The path is made absolute, so a probe reloaded from another directory finds it again.
     """
     path = os.path.abspath(path)
-    loader = ModelFromPackage if path.endswith(".nequip.zip") else ModelFromCheckpoint
     try:
-        with fresh_model_builder_context():
-            loaded = loader(path)
+        model = load_graph_model(path)
     except Exception as error:
         raise SpectralProbeError(
             f"spectral_probe.backbones: cannot load {path} as a NequIP model: {error}"
         ) from error
-    model = loaded if hasattr(loaded, "is_graph_model") else loaded["sole_model"]
     return freeze_and_tap(model, feature_tap, path)
 
 
@@ -49,9 +47,9 @@ def freeze_and_tap(model, feature_tap: str = "auto", path: str = "the backbone")
     model.eval()
     model.requires_grad_(False)
 
-    network = getattr(model.model, "func", model.model)  # inside ForceStressOutput
-    names = [name for name, _ in network.named_children()]
-    modules = [module for _, module in network.named_children()]
+    named = graph_network_modules(model)
+    names = [name for name, _ in named]
+    modules = [module for _, module in named]
     allegro = [i for i, module in enumerate(modules) if is_allegro_module(module)]
     if allegro and feature_tap in ("auto", names[allegro[-1]]):  # Allegro's tensor track
         tap = AllegroTensorTap(modules[allegro[-1]])

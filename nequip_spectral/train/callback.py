@@ -10,6 +10,7 @@ from hydra.utils import instantiate
 from nequip.data import AtomicDataDict
 
 from .._keys import ENERGY_FIT
+from .._nequip import probe_of
 from ..config import SpectralProbeConfig
 from ..targets import KINDS
 from .best_heads import BestHeads
@@ -150,9 +151,9 @@ class SpectralMetrics(lightning.Callback):
 
     def on_train_start(self, trainer, pl_module) -> None:
         if self.probe.solver == "sgd":
-            self._best_heads = BestHeads(_probe_model(pl_module), pl_module.loss)
+            self._best_heads = BestHeads(probe_of(pl_module), pl_module.loss)
             return
-        probe_model = _probe_model(pl_module)
+        probe_model = probe_of(pl_module)
         datamodule = trainer.datamodule
         self.closed_form = fit_closed_form(
             probe_model,
@@ -181,7 +182,7 @@ class SpectralMetrics(lightning.Callback):
 
     def on_test_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0):
         output = outputs[f"test_{dataloader_idx}_output"]
-        kinds = _kinds(_probe_model(pl_module))
+        kinds = _kinds(probe_of(pl_module))
         with torch.no_grad():
             head, control = batch_frame_sums(
                 output, batch, self.probe, len(self.probe.backbones), kinds
@@ -195,7 +196,7 @@ class SpectralMetrics(lightning.Callback):
         ids = gather_frames(torch.cat(ids), dim=0)
         if trainer.global_rank != 0:
             return
-        probe_model = _probe_model(pl_module)
+        probe_model = probe_of(pl_module)
         context = {
             "probe": dataclasses.asdict(self.probe),
             "L": probe_model.backbones[0].irreps.lmax,
@@ -226,10 +227,6 @@ def _write_checkpoints(trainer, last: bool = True) -> None:
             path = Path(checkpoint.dirpath) / "last.ckpt"
             trainer.save_checkpoint(path)
             checkpoint.last_model_path = str(path)
-
-
-def _probe_model(pl_module):
-    return pl_module.model["sole_model"].model
 
 
 def _kinds(probe_model) -> tuple:
