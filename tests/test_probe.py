@@ -273,6 +273,38 @@ def test_loss_gradient_of_the_heads_is_exact(any_probe, aspirin_atoms):
         assert analytic == pytest.approx((up - down) / (2 * h), rel=1e-6, abs=1e-10)
 
 
+@pytest.mark.parametrize("batched", [False, True])
+def test_feature_derivatives_equal_finite_differences(any_probe, aspirin_atoms, batched):
+    """The closed form's force rows and the force heads' backward read the tapped features'
+    Jacobian-vector products; one direction a backward pass (the CPU's default) and vmapped
+    chunks of directions (elsewhere) must both be the derivative along each direction."""
+    from nequip_spectral.model.frozen_spn import load_frozen_backbone
+    from nequip_spectral.nn import probe as probe_module
+
+    backbone = load_frozen_backbone(any_probe["backbones"][0])
+    data = aspirin_batch(aspirin_atoms[:2], any_probe)
+    pos = data[AtomicDataDict.POSITIONS_KEY]
+
+    def features_at(positions):
+        return backbone.tap({**data, AtomicDataDict.POSITIONS_KEY: positions})[
+            AtomicDataDict.NODE_FEATURES_KEY
+        ]
+
+    tangents = torch.randn(5, *pos.shape, generator=torch.Generator().manual_seed(0),
+                           dtype=pos.dtype)  # fmt: skip
+    moving = pos.detach().requires_grad_()
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(probe_module, "JVP_CHUNK", 2)  # several chunks, the last one short
+        derivatives = probe_module.feature_derivatives(
+            features_at(moving), moving, tangents, batched
+        )
+    h = 1e-6
+    with torch.no_grad():
+        for tangent, derivative in zip(tangents, derivatives, strict=True):
+            numeric = (features_at(pos + h * tangent) - features_at(pos - h * tangent)) / (2 * h)
+            assert torch.allclose(derivative, numeric, rtol=1e-5, atol=1e-8)
+
+
 def test_backbone_frozen_and_outside_the_optimizer(any_probe, aspirin_atoms):
     model = build(any_probe)
     backbone = model.model.backbones[0].model

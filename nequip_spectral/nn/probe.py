@@ -4,8 +4,7 @@ import dataclasses
 
 import torch
 from e3nn import o3
-from nequip.data import AtomicDataDict
-from nequip.data._key_registry import register_fields
+from nequip.data import AtomicDataDict, register_fields
 from nequip.nn import GraphModuleMixin
 
 from .._keys import (
@@ -293,13 +292,8 @@ class SpectralProbeModel(GraphModuleMixin, torch.nn.Module):
                 systems[fit][b].add_energies(rows, counts / num_atoms, energy_targets)
             if not self.with_forces:
                 continue
-            # the features' derivatives along every direction (Jacobian-vector products, as
-            # the derivative of u -> J^T u), then the feature map's along those
-            u = torch.zeros_like(features, requires_grad=True)
-            (vjp,) = torch.autograd.grad(features, pos, u, create_graph=True)
-            derivatives = torch.stack(
-                [torch.autograd.grad(vjp, u, t, retain_graph=True)[0] for t in tangents]
-            ).to(torch.float64)
+            # the features' derivatives along every direction, then the feature map's
+            derivatives = feature_derivatives(features, pos, tangents).to(torch.float64)
             with torch.no_grad():
                 x = features.detach().to(torch.float64)
 
@@ -373,11 +367,34 @@ class _ForcesThroughBackbone(torch.autograd.Function):
     def backward(ctx, grad_forces):
         features, pos = ctx.graph
         with torch.enable_grad():
-            u = torch.zeros_like(features, requires_grad=True)
-            (vjp,) = torch.autograd.grad(features, pos, u, create_graph=True)
-            jvps = [
-                torch.autograd.grad(vjp, u, r.to(pos.dtype), retain_graph=True)[0]
-                for r in grad_forces
-            ]
+            jvps = feature_derivatives(features, pos, grad_forces.to(pos.dtype))
         del ctx.graph
-        return -torch.stack(jvps).to(ctx.dtype), None, None
+        return -jvps.to(ctx.dtype), None, None
+
+
+# directions a batched Jacobian-vector product takes at once (bounds its memory)
+JVP_CHUNK = 64
+
+
+def feature_derivatives(features, pos, tangents, batched: bool | None = None) -> torch.Tensor:
+    r"""``(S, atoms, channels)``: the derivatives :math:`J t_s` of the tapped features along
+    each tangent :math:`t_s` of the positions (``(S, atoms, 3)``).
+
+    Jacobian-vector products through the backbone's reverse-mode graph, as the derivative of
+    :math:`u \mapsto J^\top u`. ``batched`` (default: on any device but the CPU) takes
+    ``JVP_CHUNK`` directions in one vmapped backward pass, a few kernel launches for all of
+    them; else one backward pass a direction, which measures faster on the CPU
+    (``nequip-spectral-benchmark``).
+    """
+    if batched is None:
+        batched = pos.device.type != "cpu"
+    u = torch.zeros_like(features, requires_grad=True)
+    (vjp,) = torch.autograd.grad(features, pos, u, create_graph=True)
+    if batched:
+        chunks = [
+            torch.autograd.grad(vjp, u, chunk, retain_graph=True, is_grads_batched=True)[0]
+            for chunk in tangents.split(JVP_CHUNK)
+        ]
+    else:
+        chunks = [torch.autograd.grad(vjp, u, t, retain_graph=True)[0][None] for t in tangents]
+    return torch.cat(chunks)
