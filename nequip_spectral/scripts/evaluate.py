@@ -12,11 +12,15 @@ its config mean what they meant then. The training run's files are never touched
 
 import argparse
 import datetime
+import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 from omegaconf import OmegaConf
+
+from ..train.report import REPORT_FILES
 
 
 def evaluation_config(run_dir: Path, dataset_file=None):
@@ -27,6 +31,7 @@ def evaluation_config(run_dir: Path, dataset_file=None):
         if not path.is_file():
             raise FileNotFoundError(f"{path} not found: is {run_dir} a nequip-train run directory?")
     config = OmegaConf.load(config_file)
+    config.pop("ckpt_path", None)  # a resumed run's resume state: the test loads best.ckpt
     config.run = ["test"]
     config.training_module.model = {
         "_target_": "nequip.model.ModelFromCheckpoint",
@@ -75,17 +80,14 @@ def main(argv=None) -> None:
     except FileNotFoundError as error:
         parser.error(str(error))
 
-    output.mkdir(parents=True)
-    OmegaConf.save(config, output / "evaluate_config.yaml")
-    command = [
-        "nequip-train",
-        "-cp",
-        str(output.resolve()),
-        "-cn",
-        "evaluate_config.yaml",
-        f"hydra.run.dir={output.resolve()}",
-    ]
-    sys.exit(subprocess.call(command, cwd=training_directory(args.run_dir.resolve())))
+    with tempfile.TemporaryDirectory() as config_dir:  # the output directory: Hydra's own
+        OmegaConf.save(config, Path(config_dir) / "evaluate_config.yaml")
+        command = ["nequip-train", "-cp", config_dir, "-cn", "evaluate_config.yaml",
+                   f"hydra.run.dir={output}"]  # fmt: skip
+        code = subprocess.call(command, cwd=training_directory(args.run_dir.resolve()))
+    if code != 0 and output.is_dir() and not (output / REPORT_FILES[0]).exists():
+        shutil.rmtree(output)  # a failed try leaves nothing behind (the directory was new)
+    sys.exit(code)
 
 
 if __name__ == "__main__":
