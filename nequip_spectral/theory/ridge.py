@@ -27,6 +27,7 @@ import dataclasses
 import hashlib
 
 import numpy as np
+import scipy.linalg
 import torch
 
 ALPHAS = 10.0 ** np.arange(-9.0, 3.01, 0.5)  # relative to the mean eigenvalue (1 after scaling)
@@ -162,6 +163,15 @@ def _loss(data, weights, intercepts, energy_coeff, forces_coeff) -> torch.Tensor
     return loss
 
 
+def _symmetric_eigh(matrix: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``torch.linalg.eigh``, or LAPACK's through SciPy where that fails to converge."""
+    try:
+        return torch.linalg.eigh(matrix)
+    except torch.linalg.LinAlgError:  # MKL's can, on the degenerate modes of symmetric crystals
+        values, vectors = scipy.linalg.eigh(matrix.numpy())
+        return torch.from_numpy(values), torch.from_numpy(vectors)
+
+
 def solve_ridge(
     train: LeastSquaresData,
     validation: LeastSquaresData,
@@ -191,26 +201,27 @@ def solve_ridge(
     # a feature at round-off level (one that symmetry makes zero, say) is left out: scaled to
     # a unit diagonal it would be pure noise with the weight of a real feature
     kept = diagonal > DROPPED_BELOW * diagonal.max()
-    inverse_scale = torch.where(kept, diagonal.rsqrt(), torch.zeros_like(diagonal))
+    inverse_scale = diagonal[kept].rsqrt()
     moment = energy_weight * rows.T @ targets + force_weight * train.force_moment
-    moment = moment * inverse_scale[:, None]
+    moment = moment[kept] * inverse_scale[:, None]
 
-    scaled = rows * (energy_weight**0.5 * inverse_scale)  # rows of the unit-diagonal problem
+    scaled = rows[:, kept] * (energy_weight**0.5 * inverse_scale)  # the unit-diagonal problem
     if not use_forces and scaled.shape[0] < scaled.shape[1]:  # fewer frames than features
-        eigenvalues, eigenvectors = torch.linalg.eigh(scaled @ scaled.T)
+        eigenvalues, eigenvectors = _symmetric_eigh(scaled @ scaled.T)
         keep = eigenvalues > eigenvalues.max() * 1e-14
         eigenvalues = eigenvalues[keep]
         basis = scaled.T @ eigenvectors[:, keep] / eigenvalues.sqrt()  # the same eigenvectors
     else:
-        gram = scaled.T @ scaled + force_weight * train.force_gram * torch.outer(
+        gram = scaled.T @ scaled + force_weight * train.force_gram[kept][:, kept] * torch.outer(
             inverse_scale, inverse_scale
         )
-        eigenvalues, basis = torch.linalg.eigh(gram)
+        eigenvalues, basis = _symmetric_eigh(gram)
     projected = basis.T @ moment  # (modes, heads)
 
     def solution(alpha):
-        weights = basis @ (projected / (eigenvalues.clamp(min=0) + alpha)[:, None])
-        weights = weights * inverse_scale[:, None]
+        modes = projected / (eigenvalues.clamp(min=0) + alpha)[:, None]
+        weights = moment.new_zeros(len(kept), moment.shape[1])  # a left-out feature: no weight
+        weights[kept] = basis @ modes * inverse_scale[:, None]
         intercepts = projector @ (train.energy_targets - train.energy_rows @ weights)
         return weights, intercepts
 
