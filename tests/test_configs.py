@@ -24,3 +24,20 @@ def test_rmd17_config_reads_local_files_in_ev(tmp_path):
     energies = batch["total_energy"].view(-1)
     assert ((energies > -1090) & (energies < -1060)).all()  # back in eV
     assert batch[injected_energy_key(4)].shape == (len(energies), 1)
+
+
+def test_every_data_file_of_the_config_is_named_with_its_key(tmp_path):
+    """``DataFilesExist`` reads every ``*file_path`` of ``data:``, in dicts and lists, with the
+    top-level keys they interpolate resolved."""
+    from nequip_spectral.train.data_files import data_file_paths
+
+    config = OmegaConf.create({
+        "dataset_file": "a.xyz",
+        "data": {"split_dataset": {"file_path": "${dataset_file}"},
+                 "test_file_path": ["b.xyz", {"file_path": "c.xyz"}]},
+    })  # fmt: skip
+    assert list(data_file_paths(config.data)) == [
+        ("data.split_dataset.file_path", "a.xyz"),
+        ("data.test_file_path[0]", "b.xyz"),
+        ("data.test_file_path[1].file_path", "c.xyz"),
+    ]

@@ -177,6 +177,7 @@ def broken_aspirin(tmp_path, tiny_aspirin):
         ("degree", "spectral_probe.degree: must be 1, 2 or 3, got 5"),
         ("cutoff", "spectral_probe.cutoff: 6.0 exceeds"),
         ("nonfinite_frame", "frame 5 of"),
+        ("missing_data", "data.split_dataset.file_path: no file"),
         ("existing_run", "already holds"),
     ],
 )
@@ -193,6 +194,7 @@ def test_bad_input_stops_before_training(
         "degree": ["spectral_probe.degree=5"],
         "cutoff": ["spectral_probe.cutoff=6.0"],
         "nonfinite_frame": [f"dataset_file={broken_aspirin}"],
+        "missing_data": [f"dataset_file={tmp_path / 'missing.extxyz'}"],
         "existing_run": [],
     }[case]
     if case == "existing_run":
@@ -202,6 +204,8 @@ def test_bad_input_stops_before_training(
     assert message in result.stderr
     if case == "nonfinite_frame":
         assert str(broken_aspirin) in result.stderr and "non-finite forces" in result.stderr
+    if case == "missing_data":
+        assert str(tmp_path / "missing.extxyz") in result.stderr
     assert not (target / "last.ckpt").exists() or case == "existing_run"
     now = files_of(run_dir)
     # Hydra appends its log to an existing run directory before the probe starts
