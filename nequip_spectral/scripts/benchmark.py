@@ -1,13 +1,14 @@
 """``nequip-spectral-benchmark``: what a spectrum costs next to training its backbone.
 
 Side by side in one run, on the bundled aspirin data with the example architecture (NequIP
-``l_max = 2``, 16 features, 3 layers; weights do not change the cost), each configuration in
-its own forked process: a backbone training step (energies and forces) sets the unit, one
-backbone-training epoch of the example split (1,050 frames). Then the total cost of each
-spectrum with each solver, in those epochs: ``sgd`` (the example's 10 epochs: the first, then
-nine with the per-frame cache) and ``closed_form`` (one pass over the 1,050 training and 150
-validation frames, timed on a few of them, then the solve, timed at full size), for energies
-and forces and for energies alone, and the cost of each extra ``l``. Prints peak memory too.
+``l_max = 2``, 16 features, 3 layers; weights do not change the cost), on one device (``cuda``
+when there is one, else the CPU), each configuration in its own process: a backbone training
+step (energies and forces) on the same device sets the unit, one backbone-training epoch of the
+example split (1,050 frames). Then the total cost of each spectrum with each solver, in those
+epochs: ``sgd`` (the example's 10 epochs: the first, then nine with the per-frame cache) and
+``closed_form`` (one pass over the 1,050 training and 150 validation frames, timed on a few of
+them, then the solve, timed at full size), for energies and forces and for energies alone, and
+the cost of each extra ``l``. Prints peak memory too.
 """
 
 import argparse
@@ -86,64 +87,91 @@ def _probe(l_values, force_spectrum, solver, directions=None):
     return model, probe
 
 
-def _peak_mb(start_rss):
+def _peak_mb(start_rss, device):
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 - start_rss
 
 
-def _train_steps(name, l_values, force_spectrum, batches, warmup, threads, queue):
+def _child(threads, device):
+    """A child's set-up (a spawned process starts bare): NequIP's state, threads, the clock."""
+    from nequip.utils.global_state import set_global_state
+
+    set_global_state()
+    torch.set_num_threads(threads)
+    device = torch.device(device)
+
+    def clock():  # seconds, once the device has finished what it was given
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        return time.perf_counter()
+
+    return device, clock, _rss_mb()
+
+
+def _to(batch, device):
+    from nequip.data import AtomicDataDict
+
+    return AtomicDataDict.to_(dict(batch), device)
+
+
+def _train_steps(name, l_values, force_spectrum, batches, warmup, threads, device, queue):
     """Run in a child: seconds per training step, first epoch and later (cached) epochs."""
     from nequip.train import EnergyForceLoss
 
     from ..train import SpectralProbeMetrics
 
-    torch.set_num_threads(threads)
-    start_rss = _rss_mb()
+    device, clock, start_rss = _child(threads, device)
     if name == "backbone":
         model = _backbone()
         loss = EnergyForceLoss(type_names=TYPE_NAMES)
     else:
         model, probe = _probe(l_values, force_spectrum, "sgd")
         loss = SpectralProbeMetrics(probe, type_names=TYPE_NAMES)
-    model.train()
+    model.to(device).train()
+    batches = [_to(batch, device) for batch in batches]
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
     passes = 1 if name == "backbone" else 2  # the probe caches per-frame results
     seconds = {0: [], 1: []}
     for repeat in range(passes):
         for i, batch in enumerate(batches):
-            begin = time.perf_counter()
+            begin = clock()
             optimizer.zero_grad()
             loss(model(batch), batch)["weighted_sum"].backward()
             optimizer.step()
             if repeat > 0 or i >= warmup:
-                seconds[repeat].append(time.perf_counter() - begin)
+                seconds[repeat].append(clock() - begin)
     step = {repeat: sum(t) / len(t) for repeat, t in seconds.items() if t}
-    queue.put({"first": step[0], "later": step.get(1, step[0]), "peak_mb": _peak_mb(start_rss)})
+    peak = _peak_mb(start_rss, device)
+    queue.put({"first": step[0], "later": step.get(1, step[0]), "peak_mb": peak})
 
 
-def _closed_form(l_values, force_spectrum, directions, batches, warmup, threads, queue):
+def _closed_form(l_values, force_spectrum, directions, batches, warmup, threads, device, queue):
     """Run in a child: seconds per frame of the closed-form pass, and of the solve."""
     from ..train.closed_form import solve_heads
 
-    torch.set_num_threads(threads)
-    start_rss = _rss_mb()
+    device, clock, start_rss = _child(threads, device)
     model, _ = _probe(l_values, force_spectrum, "closed_form", directions)
+    model.to(device)
+    batches = [_to(batch, device) for batch in batches]
     systems = {fit: [_empty(model, fit)] for fit in model.fits}
     frames, seconds = 0, 0.0
     for i, batch in enumerate(batches):
-        begin = time.perf_counter()
+        begin = clock()
         model.add_least_squares(batch, systems)
         if i >= warmup:
-            seconds += time.perf_counter() - begin
+            seconds += clock() - begin
             frames += len(batch["num_atoms"])
     for per_backbone in systems.values():  # the solve at full size: as many energy rows
         data = per_backbone[0]
         repeats = -(-EPOCH_FRAMES // data.num_frames)
         for name in ("energy_rows", "energy_types", "energy_targets"):
             setattr(data, name, getattr(data, name).repeat(repeats, 1)[:EPOCH_FRAMES])
-    begin = time.perf_counter()
+    begin = clock()
     solve_heads(model, systems, systems, 1.0, 1.0)
-    solve = time.perf_counter() - begin
-    queue.put({"per_frame": seconds / frames, "solve": solve, "peak_mb": _peak_mb(start_rss),
+    solve = clock() - begin
+    peak = _peak_mb(start_rss, device)
+    queue.put({"per_frame": seconds / frames, "solve": solve, "peak_mb": peak,
                "features": model.heads[ENERGY_FIT][0].features.num_features})  # fmt: skip
 
 
@@ -158,9 +186,12 @@ def _empty(model, fit):
 
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--batch-size", type=int, default=5)
-    parser.add_argument("--steps", type=int, default=8, help="timed batches per configuration")
-    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--batch-size", type=int, default=5, help="frames a batch (default: 5)")
+    parser.add_argument("--steps", type=int, default=8,
+                        help="timed batches per configuration (default: 8)")  # fmt: skip
+    parser.add_argument("--threads", type=int, default=1, help="CPU threads (default: 1)")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
+                        help="where it all runs (default: cuda when there is one, else cpu)")
     args = parser.parse_args(argv)
 
     from nequip.utils.global_state import set_global_state
@@ -170,7 +201,7 @@ def main(argv=None) -> None:
     few, many = list(range(8)), list(range(13))
     warmup = 1
     batches = _batches(many, args.batch_size, args.steps + warmup)
-    context = multiprocessing.get_context("fork")
+    context = multiprocessing.get_context("spawn")  # (CUDA cannot start again in a fork)
     queue = context.Queue()
 
     def in_child(target, *target_args):  # one at a time: each has the machine to itself
@@ -182,10 +213,11 @@ def main(argv=None) -> None:
         return queue.get()
 
     def steps(name, ls, forces):
-        return in_child(_train_steps, name, ls, forces, batches, warmup, args.threads)
+        return in_child(_train_steps, name, ls, forces, batches, warmup, args.threads, args.device)
 
     def closed(ls, forces, directions=None):
-        return in_child(_closed_form, ls, forces, directions, batches, warmup, args.threads)
+        return in_child(_closed_form, ls, forces, directions, batches, warmup, args.threads,
+                        args.device)  # fmt: skip
 
     backbone = steps("backbone", few, True)
     epoch = backbone["first"] * EPOCH_FRAMES / args.batch_size  # seconds, the unit
@@ -204,7 +236,8 @@ def main(argv=None) -> None:
             name = f"closed form, l 0..{ls[-1]}, {label}{sketch}"
             rows.append((name, total, result["peak_mb"], result))
     print(
-        f"{args.batch_size} frames a batch, {args.steps} timed batches, {args.threads} thread(s);"
+        f"{args.device}: {args.batch_size} frames a batch, {args.steps} timed batches, "
+        f"{args.threads} thread(s);"
         f" a backbone-training epoch = {EPOCH_FRAMES} frames = {epoch:.1f} s "
         f"(peak {backbone['peak_mb']:.0f} MB)"
     )
