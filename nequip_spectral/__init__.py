@@ -16,6 +16,7 @@ _PUBLIC = {
     "FrozenBackboneSPN": "nequip_spectral.model",
     "SpectralProbeMetrics": "nequip_spectral.train",
     "SpectralMetrics": "nequip_spectral.train",
+    "SpectralProbeLightningModule": "nequip_spectral.train",
 }
 
 __all__ = [
@@ -23,6 +24,7 @@ __all__ = [
     "SpectralInjection",
     "SpectralMetrics",
     "SpectralProbeConfig",
+    "SpectralProbeLightningModule",
     "SpectralProbeMetrics",
     "__version__",
 ]

@@ -126,7 +126,7 @@ def as_frames(head, control, l_values, kinds=("forces", "energy"), L=2):
     import numpy as np
 
     from nequip_spectral.config import SpectralProbeConfig
-    from nequip_spectral.train.frames import FrameSums
+    from nequip_spectral.report.frames import FrameSums
 
     backbones = tuple(f"b{b}.ckpt" for b in range(head.shape[0]))
     probe = SpectralProbeConfig(backbones=backbones, l_values=tuple(l_values))

@@ -5,6 +5,8 @@ import numpy as np
 import pytest
 from conftest import as_frames
 
+from nequip_spectral.report import build_report
+from nequip_spectral.report.frames import FrameSums
 from nequip_spectral.theory.bootstrap import (
     choose_block_length,
     cluster_bootstrap,
@@ -12,8 +14,6 @@ from nequip_spectral.theory.bootstrap import (
     summarize,
 )
 from nequip_spectral.theory.metrics import bootstrap_spectrum
-from nequip_spectral.train.frames import FrameSums
-from nequip_spectral.train.report import build_report
 
 
 def contrast_frames(contrast: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -11,6 +11,7 @@ from test_probe import TYPE_NAMES, aspirin_batch, aspirin_frames, build, irreps_
 from nequip_spectral._keys import ENERGY_FIT, FORCE_FIT
 from nequip_spectral.nn import SPNHeads
 from nequip_spectral.nn.polynomial import PolynomialFeatures
+from nequip_spectral.solvers.closed_form import collect, solve_heads
 from nequip_spectral.theory.ridge import (
     ALPHAS,
     LeastSquaresData,
@@ -18,7 +19,6 @@ from nequip_spectral.theory.ridge import (
     solve_ridge,
 )
 from nequip_spectral.train import SpectralProbeMetrics
-from nequip_spectral.train.closed_form import collect, solve_heads
 
 
 @pytest.mark.parametrize("L, degree", [(1, 1), (2, 1), (1, 2), (2, 2), (1, 3), (2, 3)])

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 from conftest import as_frames
 
+from nequip_spectral.report import build_report, write_report
 from nequip_spectral.scripts import compare
-from nequip_spectral.train.report import build_report, write_report
 
 
 def small_run(directory, l_values, L, recovered):

@@ -114,7 +114,7 @@ def test_ddp_reduction_equals_one_process():
 
 
 def test_report_reads_rho_and_the_cliff_from_the_primary_kind():
-    from nequip_spectral.train.report import build_report
+    from nequip_spectral.report import build_report
 
     recovered, control, _ = synthetic(lambda t, c, e, g: t)
     lost, _, _ = synthetic(lambda t, c, e, g: c)
@@ -139,7 +139,7 @@ def test_undefined_values_are_null_in_json_and_na_in_the_table(tmp_path):
     """No injected power above the ceiling (no pair in range): rho there is undefined."""
     import json
 
-    from nequip_spectral.train.report import build_report, format_table, write_report
+    from nequip_spectral.report import build_report, format_table, write_report
 
     recovered, control, _ = synthetic(lambda t, c, e, g: t)
     silent = recovered.copy()

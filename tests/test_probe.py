@@ -490,7 +490,7 @@ def test_frame_cache_keys_everything_the_backbone_reads_and_is_bounded(probe, as
 
 
 def test_each_sgd_head_keeps_its_own_best_epoch(probe):
-    from nequip_spectral.train.best_heads import BestHeads
+    from nequip_spectral.solvers.sgd import BestHeads
 
     model = build(probe).model
     loss = SpectralProbeMetrics(probe, type_names=TYPE_NAMES)
@@ -522,8 +522,8 @@ def test_each_sgd_head_keeps_its_own_best_epoch(probe):
 def test_probe_and_its_report_sums_run_on_cuda(probe, aspirin_atoms):
     """Forward (head forces through the backbone), the closed-form rows and the report's
     per-frame sums on a GPU: every cache and sum comes back to the CPU."""
-    from nequip_spectral.train.closed_form import collect
-    from nequip_spectral.train.report import batch_frame_sums
+    from nequip_spectral.report import batch_frame_sums
+    from nequip_spectral.solvers.closed_form import collect
 
     for solver in ("sgd", "closed_form"):
         setup = {**probe, "solver": solver}

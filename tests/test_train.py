@@ -11,7 +11,7 @@ import pytest
 import torch
 from conftest import nequip_train, train_tiny_backbone, write_rmd17_npz
 
-from nequip_spectral.train.frames import FrameSums
+from nequip_spectral.report.frames import FrameSums
 
 L_VALUES = [0, 3, 4, 5]
 
@@ -106,7 +106,7 @@ def test_closed_form_checkpoint_holds_the_solved_heads_only(probe_run):
 def sgd_run(tmp_path_factory, tiny_backbone, tiny_aspirin):
     run_dir = tmp_path_factory.mktemp("sgd") / "run"
     overrides = probe_overrides(tiny_backbone["ckpt"], tiny_aspirin)
-    nequip_train("aspirin_probe.yaml", run_dir, *overrides, "spectral_probe.solver=sgd")
+    nequip_train("aspirin_probe.yaml", run_dir, *overrides, "solver=sgd")
     return run_dir, overrides
 
 
@@ -217,7 +217,7 @@ def test_a_run_resumed_in_its_own_directory_goes_on(sgd_run):
     run_dir, overrides = sgd_run
     before = json.loads((run_dir / "spectral_report.json").read_text())
     result = nequip_train(
-        "aspirin_probe.yaml", run_dir, *overrides, "spectral_probe.solver=sgd", "max_epochs=2",
+        "aspirin_probe.yaml", run_dir, *overrides, "solver=sgd", "max_epochs=2",
         f"++ckpt_path={run_dir / 'last.ckpt'}",
     )  # fmt: skip
     assert "already holds" not in result.stderr
@@ -346,12 +346,12 @@ def test_a_clear_injected_signal_is_recovered_below_the_ceiling_and_not_above(
 def test_an_rmd17_run_is_evaluated_on_its_own_frames_and_on_another_file(
     tiny_backbone, tiny_aspirin, tmp_path
 ):
-    """``rmd17_probe.yaml`` (NequIP's rMD17DataModule, an npz in kcal/mol read without
+    """``data=rmd17`` (NequIP's rMD17DataModule, an npz in kcal/mol read without
     downloading) end to end, then ``nequip-evaluate`` with and without ``--dataset-file``."""
     npz = write_rmd17_npz(ase.io.read(tiny_aspirin, index=":"), tmp_path / "source")
     run_dir = tmp_path / "rmd17"
     nequip_train(
-        "rmd17_probe.yaml", run_dir, f"data_source_dir={tmp_path / 'source'}",
+        "aspirin_probe.yaml", run_dir, "data=rmd17", f"data_source_dir={tmp_path / 'source'}",
         "data.subset_len=40", "data.train_val_test_split=[28,4,8]",
         *probe_overrides(tiny_backbone["ckpt"], tiny_aspirin)[1:],
     )  # fmt: skip
@@ -425,7 +425,7 @@ def test_the_capacity_and_activation_controls_run_as_multiruns(tiny_backbone, ti
     overrides += ["spectral_probe.l_values=[2,5]", "spectral_probe.target=injected", "-m"]
     sweeps = {
         "capacity": ["spectral_probe.feature_budget=20,200"],
-        "activation": ["spectral_probe.solver=sgd", "spectral_probe.activation=null,gate"],
+        "activation": ["solver=sgd", "spectral_probe.activation=null,gate"],
     }
     reports = {}
     for name, control in sweeps.items():

@@ -1,11 +1,12 @@
 """The probe: SPN heads on the tapped features of frozen backbones, one backbone pass a batch."""
 
 import dataclasses
+from typing import NamedTuple
 
 import torch
 from e3nn import o3
 from nequip.data import AtomicDataDict, register_fields
-from nequip.nn import GraphModuleMixin
+from nequip.nn import GraphModuleMixin, scatter
 
 from .._keys import (
     ENERGY_FIT,
@@ -18,9 +19,6 @@ from .._keys import (
     head_name,
 )
 from ..config import SpectralProbeConfig
-from ..data.injection import frame_digest
-from ..targets import head_target
-from ..theory.ridge import sketch_directions
 from .cache import FrameCache, batch_frame_keys
 from .polynomial import LinearHeads
 from .spn import SPNHeads
@@ -55,6 +53,32 @@ class FrozenBackbone:
         for module in self.from_tap:
             tapped = module(tapped)
         return tapped[AtomicDataDict.TOTAL_ENERGY_KEY]
+
+
+class ProbeBatch(NamedTuple):
+    """What every head reads of a batch.
+
+    Attributes:
+        data: the batch, its positions replaced by ``pos``
+        pos: positions, requiring grad when the force spectrum is fitted
+        frames: ``(atoms,)`` each atom's frame
+        types: ``(atoms,)`` each atom's type
+        num_frames: frames in the batch
+        harmonics: ``(atoms, dim)`` harmonics of the frame's marked direction, per atom
+        readout: ``(atoms, 1)`` 1 for the atoms the heads sum over (``readout``), else 0
+    """
+
+    data: dict
+    pos: torch.Tensor
+    frames: torch.Tensor
+    types: torch.Tensor
+    num_frames: int
+    harmonics: torch.Tensor
+    readout: torch.Tensor
+
+    def frame_sum(self, per_atom: torch.Tensor) -> torch.Tensor:
+        """``(..., atoms, K)`` -> ``(..., frames, K)``: summed over each frame's atoms."""
+        return scatter(per_atom, self.frames, dim=-2, dim_size=self.num_frames)
 
 
 class SpectralProbeModel(GraphModuleMixin, torch.nn.Module):
@@ -157,7 +181,7 @@ class SpectralProbeModel(GraphModuleMixin, torch.nn.Module):
         """Memory held by the per-frame cache of backbone outputs."""
         return self._cache.bytes
 
-    def _backbone_outputs(self, data):
+    def backbone_outputs(self, data):
         """Per backbone: tapped features, and the backbone's energy and forces (or ``None``).
 
         The backbone's predictions are the same in every epoch: they come from the cache once
@@ -194,152 +218,54 @@ class SpectralProbeModel(GraphModuleMixin, torch.nn.Module):
             outputs.append((features, energy, forces))
         return outputs
 
-    def _direction_and_readout(self, data, dtype):
-        """The harmonics of the marked direction and the readout mask, per atom."""
-        pos = data[AtomicDataDict.POSITIONS_KEY]
-        batch = _atom_frames(data)
-        direction = data[MARKED_DIRECTION_KEY].to(dtype).view(-1, 3)[batch]
-        harmonics = self.harmonics(direction)
-        readout = torch.ones(pos.shape[0], 1, dtype=dtype, device=pos.device)
-        if self.probe.readout == "centers":
-            types = data[AtomicDataDict.ATOM_TYPE_KEY].view(-1)
-            readout = torch.isin(types, self.center_types).to(dtype).unsqueeze(-1)
-        return harmonics, readout
-
-    def forward(self, data: AtomicDataDict.Type) -> AtomicDataDict.Type:
+    def read(self, data: AtomicDataDict.Type, dtype) -> "ProbeBatch":
+        """What every head reads of a batch (see :class:`ProbeBatch`), in ``dtype``."""
         data = dict(data)
         pos = data[AtomicDataDict.POSITIONS_KEY].detach().requires_grad_(self.with_forces)
         data[AtomicDataDict.POSITIONS_KEY] = pos
-        batch = _atom_frames(data)
+        frames = AtomicDataDict.with_batch_(dict(data))[AtomicDataDict.BATCH_KEY]
         types = data[AtomicDataDict.ATOM_TYPE_KEY].view(-1)
-        num_frames = AtomicDataDict.num_frames(data)
-        dtype = next(self.parameters()).dtype
-        harmonics, readout = self._direction_and_readout(data, dtype)
+        direction = data[MARKED_DIRECTION_KEY].to(dtype).view(-1, 3)[frames]
+        readout = torch.ones(pos.shape[0], 1, dtype=dtype, device=pos.device)
+        if self.probe.readout == "centers":
+            readout = torch.isin(types, self.center_types).to(dtype).unsqueeze(-1)
+        return ProbeBatch(data, pos, frames, types, AtomicDataDict.num_frames(data),
+                          self.harmonics(direction), readout)  # fmt: skip
 
-        def per_frame(per_atom):
-            total = per_atom.new_zeros(num_frames, per_atom.shape[1])
-            return total.index_add(0, batch, per_atom)
-
-        out = dict(data)
-        for b, (features, energy, forces) in enumerate(self._backbone_outputs(data)):
-            out.update(_predictions(b, energy, forces))
+    def forward(self, data: AtomicDataDict.Type) -> AtomicDataDict.Type:
+        batch = self.read(data, dtype=next(self.parameters()).dtype)
+        out = dict(batch.data)
+        for b, (features, energy, forces) in enumerate(self.backbone_outputs(batch.data)):
+            out.update(backbone_predictions(b, energy, forces))
             for fit in self.fits:
                 heads = self.heads[fit][b]
-                inputs = features.detach().to(dtype)
+                inputs = features.detach().to(batch.harmonics.dtype)
                 if fit == FORCE_FIT:
                     # each head reads its own copy: one backward gives every head's gradient
                     # with respect to the features, and none flows into the backbone
                     inputs = inputs.expand(heads.num_heads, -1, -1).clone().requires_grad_()
-                per_atom = heads(inputs, harmonics).T + self.shifts[fit][b][types]
-                head_energies = per_frame(per_atom * readout)
+                per_atom = heads(inputs, batch.harmonics).T + self.shifts[fit][b][batch.types]
+                head_energies = batch.frame_sum(per_atom * batch.readout)
                 if fit == FORCE_FIT:
                     (feature_grads,) = torch.autograd.grad(
                         head_energies.sum(), inputs, create_graph=self.training
                     )
-                    head_forces = _ForcesThroughBackbone.apply(feature_grads, features, pos)
+                    head_forces = _ForcesThroughBackbone.apply(feature_grads, features, batch.pos)
                 for h, l in enumerate(self.targets):
                     name = head_name(l, fit)
                     out[head_energy_key(b, name)] = head_energies[:, h : h + 1]
                     if fit == FORCE_FIT:
-                        out[head_forces_key(b, name)] = head_forces[h].to(dtype)
+                        out[head_forces_key(b, name)] = head_forces[h].to(per_atom.dtype)
         return out
 
-    def add_least_squares(self, data, systems) -> None:
-        """Add a batch's rows to every backbone's least-squares data (``closed_form``).
 
-        Energy rows: the features summed over the readout atoms, per atom. With the force
-        spectrum, force rows: the heads' forces along directions ``v``, minus the derivative
-        of the features along ``v``, one Jacobian-vector product through the backbone each;
-        every force component (``force_directions: null``), or that many random directions
-        per frame (:func:`sketch_directions`). Targets are formed in float64.
-
-        Args:
-            data: a batch
-            systems: ``{fit: [LeastSquaresData of each backbone]}``
-        """
-        data = dict(data)
-        pos = data[AtomicDataDict.POSITIONS_KEY].detach().requires_grad_(self.with_forces)
-        data[AtomicDataDict.POSITIONS_KEY] = pos
-        batch = _atom_frames(data)
-        num_frames = AtomicDataDict.num_frames(data)
-        num_atoms = data[AtomicDataDict.NUM_NODES_KEY].view(-1, 1).to(torch.float64)
-        types = data[AtomicDataDict.ATOM_TYPE_KEY].view(-1)
-        harmonics, readout = self._direction_and_readout(data, torch.float64)
-        counts = readout.new_zeros(num_frames, self.shifts[ENERGY_FIT].shape[1])
-        counts.index_put_((batch, types), readout.squeeze(-1), accumulate=True)
-
-        def frame_features(b, features):  # (..., frames, K)
-            phi = self.heads[ENERGY_FIT][b].features(features.to(torch.float64), harmonics)
-            return per_frame_sum(phi * readout)
-
-        def per_frame_sum(per_atom):  # (..., atoms, K) -> (..., frames, K)
-            shape = (*per_atom.shape[:-2], num_frames, per_atom.shape[-1])
-            return per_atom.new_zeros(shape).index_add(-2, batch, per_atom)
-
-        tangents = self._force_sketch(data) if self.with_forces else []
-        for b, (features, energy, forces) in enumerate(self._backbone_outputs(data)):
-            outputs = _predictions(b, energy, forces)
-
-            def targets(kind, b=b, outputs=outputs):  # (values, [3,] heads)
-                return torch.stack(
-                    [head_target(outputs, data, b, l, kind, self.probe.target).to(torch.float64)
-                     for l in self.targets], dim=-1)  # fmt: skip
-
-            with torch.no_grad():
-                rows = frame_features(b, features.detach()) / num_atoms
-                energy_targets = targets("energy")[:, 0] / num_atoms
-            for fit in self.fits:
-                systems[fit][b].add_energies(rows, counts / num_atoms, energy_targets)
-            if not self.with_forces:
-                continue
-            # the features' derivatives along every direction, then the feature map's
-            derivatives = feature_derivatives(features, pos, tangents).to(torch.float64)
-            with torch.no_grad():
-                x = features.detach().to(torch.float64)
-
-                def derivative(d, b=b, x=x):  # of the per-frame features along d
-                    return torch.func.jvp(lambda z: frame_features(b, z), (x,), (d,))[1]
-
-                along_features = torch.cat(  # directions in chunks: (S, atoms, K) is large
-                    [torch.func.vmap(derivative)(chunk) for chunk in derivatives.split(16)]
-                )
-                force_targets = targets("forces")
-                along = per_frame_sum(torch.einsum("snc,nch->snh", tangents.to(torch.float64),
-                                                   force_targets))  # fmt: skip
-            rows = -along_features.flatten(0, 1)  # (directions x frames, K)
-            systems[FORCE_FIT][b].add_forces(rows, along.flatten(0, 1), components=pos.numel())
-
-    def _force_sketch(self, data) -> torch.Tensor:
-        """``(directions, atoms, 3)``: each frame's sketch directions, zero past its own."""
-        pos = data[AtomicDataDict.POSITIONS_KEY]
-        sizes = data[AtomicDataDict.NUM_NODES_KEY].view(-1).tolist()
-        types = data[AtomicDataDict.ATOM_TYPE_KEY].view(-1)
-        count, seed = self.probe.force_directions or 3 * pos.shape[0], self.probe.seed
-        sketches = [
-            sketch_directions(len(p), count, frame_digest(p, t, seed))
-            for p, t in zip(pos.split(sizes), types.split(sizes), strict=True)
-        ]
-        tangents = torch.zeros(max(len(v) for v in sketches), *pos.shape, dtype=torch.float64)
-        start = 0
-        for directions in sketches:
-            tangents[: len(directions), start : start + directions.shape[1]] = directions
-            start += directions.shape[1]
-        return tangents.to(device=pos.device, dtype=pos.dtype)
-
-
-def _predictions(b: int, energy, forces) -> dict:
+def backbone_predictions(b: int, energy, forces) -> dict:
     """Backbone ``b``'s own energy and forces (where computed), fixed targets in float64."""
     predictions = {}
     for key, value in ((backbone_energy_key(b), energy), (backbone_forces_key(b), forces)):
         if value is not None:
             predictions[key] = value.detach().to(torch.float64)
     return predictions
-
-
-def _atom_frames(data) -> torch.Tensor:
-    """Each atom's frame index (zeros for one unbatched frame)."""
-    pos = data[AtomicDataDict.POSITIONS_KEY]
-    return data.get(AtomicDataDict.BATCH_KEY, pos.new_zeros(pos.shape[0], dtype=torch.long))
 
 
 class _ForcesThroughBackbone(torch.autograd.Function):

@@ -148,7 +148,7 @@ def _train_steps(name, l_values, force_spectrum, batches, warmup, threads, devic
 
 def _closed_form(l_values, force_spectrum, directions, batches, warmup, threads, device, queue):
     """Run in a child: seconds per frame of the closed-form pass, and of the solve."""
-    from ..train.closed_form import solve_heads
+    from ..solvers.closed_form import add_least_squares, solve_heads
 
     device, clock, start_rss = _child(threads, device)
     model, _ = _probe(l_values, force_spectrum, "closed_form", directions)
@@ -158,7 +158,7 @@ def _closed_form(l_values, force_spectrum, directions, batches, warmup, threads,
     frames, seconds = 0, 0.0
     for i, batch in enumerate(batches):
         begin = clock()
-        model.add_least_squares(batch, systems)
+        add_least_squares(model, batch, systems)
         if i >= warmup:
             seconds += clock() - begin
             frames += len(batch["num_atoms"])

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..train.report import REPORT_FILES
+from ..report import REPORT_FILES
 
 COLUMNS = ("rho_forces", "R2_inj_forces", "rho_energy", "R2_inj_energy")
 FILES = ("spectral_compare.csv", "spectral_compare.png")

@@ -65,7 +65,7 @@ def main(argv=None) -> None:
     _stage(
         f"2/2 probing it: SPN heads for l = 0..7 on the frozen backbone, {spectra}, {how}",
         [*train, "-cn", "aspirin_probe.yaml", data, f"hydra.run.dir={output / 'probe'}",
-         f"max_epochs={args.probe_epochs}", f"spectral_probe.solver={args.solver}",
+         f"max_epochs={args.probe_epochs}", f"solver={args.solver}",
          f"force_spectrum={str(not args.energy_only).lower()}",
          f"spectral_probe.force_directions={args.force_directions or 'null'}",
          f"spectral_probe.backbones=[{output / 'backbone' / 'best.ckpt'}]", *overrides],

@@ -20,7 +20,7 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
-from ..train.report import REPORT_FILES
+from ..report import REPORT_FILES
 
 
 def evaluation_config(run_dir: Path, dataset_file=None):

@@ -10,8 +10,8 @@ the loader's order instead of the trajectory's (to see what time blocks change).
 import argparse
 from pathlib import Path
 
-from ..train.frames import FrameSums
-from ..train.report import REPORT_FILES, build_report, format_table, write_report
+from ..report import REPORT_FILES, build_report, format_table, write_report
+from ..report.frames import FrameSums
 
 
 def main(argv=None) -> None:

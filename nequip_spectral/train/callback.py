@@ -12,12 +12,9 @@ from nequip.data import AtomicDataDict
 from .._keys import ENERGY_FIT
 from .._nequip import probe_of
 from ..config import SpectralProbeConfig
+from ..report import REPORT_FILES, batch_frame_sums, build_report, format_table, write_report
+from ..report.frames import FRAMES_FILE, FrameSums, batch_frame_ids, frame_id, frame_source
 from ..targets import KINDS
-from .best_heads import BestHeads
-from .closed_form import fit_closed_form
-from .frames import FRAMES_FILE, FrameSums, batch_frame_ids, frame_id, frame_source
-from .metrics import force_fit_weights
-from .report import REPORT_FILES, batch_frame_sums, build_report, format_table, write_report
 
 
 def gather_frames(tensor: torch.Tensor, dim: int = 1) -> torch.Tensor:
@@ -64,18 +61,14 @@ def check_frames(datasets, probe: SpectralProbeConfig) -> dict:
 
 
 class SpectralMetrics(lightning.Callback):
-    """Fits the closed-form heads, and computes the spectrum at the end of test.
+    """Computes the spectrum at the end of test (the heads are fitted by
+    :class:`~nequip_spectral.train.lightning.SpectralProbeLightningModule`).
 
-    With ``solver: closed_form`` the heads are solved when training starts (one pass over the
-    training and validation frames, :mod:`~nequip_spectral.train.closed_form`), written to
-    ``best.ckpt`` and ``last.ckpt`` where the ``ModelCheckpoint`` would write them, and no
-    gradient epoch runs. At the end of test, per backbone and probed ``l``: rho, R2_inj and
-    raw gain of both spectra, the cliff ``rho(d_r L) / rho(d_r L + 1)`` and intervals from a
-    two-level cluster bootstrap (backbones, then blocks of frames consecutive in their
-    trajectory); writes the per-frame file ``spectral_frames.npz`` (:mod:`.frames`), prints
-    the table and writes ``spectral_report.json``, ``.csv`` and ``.png`` into ``output_dir``.
-    With ``solver: sgd`` each head keeps the weights of its own best epoch on the validation
-    frames (:class:`~nequip_spectral.train.best_heads.BestHeads`), written to ``best.ckpt``.
+    Per backbone and probed ``l``: rho, R2_inj and raw gain of both spectra, the cliff
+    ``rho(d_r L) / rho(d_r L + 1)`` and intervals from a two-level cluster bootstrap
+    (backbones, then blocks of frames consecutive in their trajectory); writes the per-frame
+    file ``spectral_frames.npz`` (:mod:`~nequip_spectral.report.frames`), prints the table and
+    writes ``spectral_report.json``, ``.csv`` and ``.png`` into ``output_dir``.
 
     Before anything trains, it refuses a fresh run whose ``output_dir`` holds a report or a
     checkpoint already (a run resumed with ``ckpt_path=`` goes on), and applies the
@@ -95,7 +88,6 @@ class SpectralMetrics(lightning.Callback):
         output_dir: where the report goes
         n_bootstrap: bootstrap replicates
         block_length: test frames per bootstrap block; ``null``: chosen from the data
-        batch_size: frames per batch of the closed-form pass
     """
 
     def __init__(
@@ -104,17 +96,13 @@ class SpectralMetrics(lightning.Callback):
         output_dir: str,
         n_bootstrap: int = 2000,
         block_length: int | None = None,
-        batch_size: int = 10,
     ):
         super().__init__()
         self.probe = SpectralProbeConfig.from_block(probe)
         self.output_dir = Path(output_dir)
         self.n_bootstrap = n_bootstrap
         self.block_length = block_length
-        self.batch_size = batch_size
         self.report = None
-        self.closed_form = None
-        self._best_heads = None
         self._batches = []
         self._sources = {}
         self._started = False
@@ -148,34 +136,6 @@ class SpectralMetrics(lightning.Callback):
                 "choose a new output directory instead of overwriting it, or resume that run "
                 "with ++ckpt_path=PATH/last.ckpt"
             )
-
-    def on_train_start(self, trainer, pl_module) -> None:
-        if self.probe.solver == "sgd":
-            self._best_heads = BestHeads(probe_of(pl_module), pl_module.loss)
-            return
-        probe_model = probe_of(pl_module)
-        datamodule = trainer.datamodule
-        self.closed_form = fit_closed_form(
-            probe_model,
-            datamodule.train_dataset,
-            datamodule.val_dataset,
-            *force_fit_weights(pl_module.loss),
-            batch_size=self.batch_size,
-            device=pl_module.device,
-        )
-        if trainer.is_global_zero:
-            print(_describe_solution(self.closed_form, probe_model), flush=True)
-        _write_checkpoints(trainer)  # what validation would have written
-        trainer.should_stop = True  # the heads are at their optimum: no gradient epochs
-
-    def on_train_epoch_end(self, trainer, pl_module) -> None:
-        if self._best_heads is not None:  # (validation has run: its metrics are logged)
-            self._best_heads.update(trainer.callback_metrics)
-
-    def on_train_end(self, trainer, pl_module) -> None:
-        if self._best_heads is not None and self._best_heads.best:
-            self._best_heads.restore()  # each head at its own best epoch, for the test
-            _write_checkpoints(trainer, last=False)
 
     def on_test_epoch_start(self, trainer, pl_module) -> None:
         self._batches = []
@@ -217,18 +177,6 @@ class SpectralMetrics(lightning.Callback):
         print(f"spectral report written to {self.output_dir}", flush=True)
 
 
-def _write_checkpoints(trainer, last: bool = True) -> None:
-    """Write the model as the best (and last) checkpoint of every ``ModelCheckpoint``."""
-    for checkpoint in trainer.checkpoint_callbacks:
-        best = Path(checkpoint.dirpath) / f"{checkpoint.filename or 'best'}.ckpt"
-        trainer.save_checkpoint(best)
-        checkpoint.best_model_path = str(best)
-        if last and checkpoint.save_last:
-            path = Path(checkpoint.dirpath) / "last.ckpt"
-            trainer.save_checkpoint(path)
-            checkpoint.last_model_path = str(path)
-
-
 def _kinds(probe_model) -> tuple:
     """The spectra the probe measures, forces (the primary one when there) first."""
     return KINDS if probe_model.with_forces else ("energy",)
@@ -244,19 +192,3 @@ def _solver_summary(probe_model) -> dict:
             summary["mixed_irreps"] = str(first.features.irreps_mix)
             summary[f"alpha_{fit}"] = [heads.alpha.tolist() for heads in per_backbone]
     return summary
-
-
-def _describe_solution(result: dict, probe_model) -> str:
-    heads = probe_model.heads[ENERGY_FIT][0]
-    lines = [
-        f"closed form: {heads.features.num_features} features per head "
-        f"({heads.features.irreps_mix}), {result['train_frames']} training and "
-        f"{result['val_frames']} validation frames collected in {result['seconds_collect']:.1f}"
-        f" s, solved in {result['seconds_solve']:.1f} s"
-    ]
-    for fit, per_backbone in result["heads"].items():
-        for b, chosen in enumerate(per_backbone):
-            alphas = " ".join(f"{a:.0e}" for a in chosen["alpha"])
-            edge = " (some at the grid's edge)" if any(chosen["at_edge"]) else ""
-            lines.append(f"  backbone {b}, {fit} heads: ridge strengths {alphas}{edge}")
-    return "\n".join(lines)

@@ -55,3 +55,10 @@ class BestHeads:
                 for name, parameter in heads.named_parameters():
                     parameter[h] = slices[name]
                 self.model.shifts[fit][b, :, h] = slices["shift"]
+
+    def state_dict(self) -> list:
+        """The best epochs so far, for a checkpoint: ``[(fit, backbone, head), loss, weights]``."""
+        return [[list(key), loss, slices] for key, (loss, slices) in self.best.items()]
+
+    def load_state_dict(self, state: list) -> None:
+        self.best = {tuple(key): (loss, slices) for key, loss, slices in state}

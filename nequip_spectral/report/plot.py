@@ -1,0 +1,60 @@
+"""The spectrum's picture: rho and R2_inj per ``l`` with the predicted ceiling."""
+
+import numpy as np
+
+from .build import backbone_name
+
+_Y_RANGE = (-1.0, 1.5)  # the plot's axes; values beyond are drawn on the edge
+
+
+def plot_spectrum(report: dict, path) -> None:
+    """rho and R2_inj per ``l`` (forces and energies, mean over backbones with the bootstrap's
+    95% interval) with the predicted ceiling marked.
+
+    The axes show ``[-1, 1.5]``; a value beyond is drawn on the edge with an open marker.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    ls = [int(l) for l in report["per_l"]]
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4), sharex=True)
+    for ax, metric, title in zip(
+        axes, ("rho", "R2_inj"), ("rho: injected power recovered", "R2_inj"), strict=True
+    ):
+        for kind, marker in (("forces", "o"), ("energy", "s")):
+            key = f"{metric}_{kind}"
+            mean = [np.nan if (v := report["per_l"][str(l)][key]) is None else v for l in ls]
+            shown = np.clip(mean, *_Y_RANGE)
+            err = None  # the bootstrap's 95% interval, clipped like the values
+            intervals = [report["per_l"][str(l)].get(f"{key}_ci95") for l in ls]
+            if all(ci is not None for ci in intervals):
+                low, high = (
+                    np.clip([np.nan if v is None else v for v in end], *_Y_RANGE)
+                    for end in zip(*intervals, strict=True)
+                )
+                err = np.nan_to_num([shown - low, high - shown]).clip(min=0)
+            label = f"{kind.replace('forces', 'force')} spectrum"
+            line = ax.errorbar(ls, shown, yerr=err, marker=marker, capsize=3, label=label)
+            outside = np.isfinite(mean) & (shown != np.asarray(mean))
+            ax.scatter(
+                np.asarray(ls)[outside], shown[outside], s=90, marker=marker,
+                facecolors="white", edgecolors=line[0].get_color(), zorder=3,
+            )  # fmt: skip
+        ax.axvline(report["boundary"], color="k", linestyle="--", label="ceiling d_r L")
+        ax.axhline(0.0, color="gray", linewidth=0.5)
+        ax.set_ylim(_Y_RANGE[0] - 0.05, _Y_RANGE[1] + 0.05)
+        ax.set_xlabel("angular frequency l")
+        ax.set_title(title)
+        ax.set_xticks(ls)
+        ax.legend()
+    names = ", ".join(backbone_name(b["path"]) for b in report["per_backbone"])
+    fig.suptitle(
+        f"Spectrum of {report['n_backbones']} backbone(s) ({names}), L = {report['L']}, "
+        f"d_r = {report['degree']}"
+    )
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+

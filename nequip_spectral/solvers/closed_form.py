@@ -1,0 +1,202 @@
+"""The closed-form solver: one pass over the training and validation frames, then two solves.
+
+Every head of the probe is linear in its weights (``solver: closed_form``), so fitting it is a
+ridge regression (:mod:`nequip_spectral.theory.ridge`). One pass over the training split
+collects every backbone's least-squares data (energy rows, a force row per force component or
+per sketched direction), one over the validation split the same for choosing each head's ridge
+strength; under DDP each rank takes every ``world``-th batch and the data are joined before
+solving. The energy spectrum's heads are then solved on energies alone, the force spectrum's
+on energies and forces with the loss's weights (each head relative to the control head, see
+:func:`solve_heads`), and the solutions are loaded into the heads.
+"""
+
+import time
+
+import torch
+from nequip.data import AtomicDataDict
+
+from .._keys import ENERGY_FIT, FORCE_FIT
+from ..data.injection import frame_digest
+from ..nn.probe import backbone_predictions, feature_derivatives
+from ..targets import head_target
+from ..theory.ridge import ALPHAS, LeastSquaresData, sketch_directions, solve_ridge
+
+
+def add_least_squares(probe_model, data, systems) -> None:
+    """Add a batch's rows to every backbone's least-squares data.
+
+    Energy rows: the features summed over the readout atoms, per atom. With the force
+    spectrum, force rows: the heads' forces along directions ``v``, minus the derivative of
+    the features along ``v``, one Jacobian-vector product through the backbone each; every
+    force component (``force_directions: null``), or that many random directions per frame
+    (:func:`force_sketch`). Targets are formed in float64.
+
+    Args:
+        probe_model: the :class:`~nequip_spectral.nn.SpectralProbeModel`
+        data: a batch
+        systems: ``{fit: [LeastSquaresData of each backbone]}``
+    """
+    batch = probe_model.read(data, torch.float64)
+    num_atoms = batch.data[AtomicDataDict.NUM_NODES_KEY].view(-1, 1).to(torch.float64)
+    counts = batch.readout.new_zeros(batch.num_frames, probe_model.shifts[ENERGY_FIT].shape[1])
+    counts.index_put_((batch.frames, batch.types), batch.readout.squeeze(-1), accumulate=True)
+
+    def frame_features(b, features):  # (..., frames, K)
+        heads = probe_model.heads[ENERGY_FIT][b]
+        return batch.frame_sum(heads.features(features.to(torch.float64), batch.harmonics)
+                               * batch.readout)  # fmt: skip
+
+    tangents = force_sketch(batch, probe_model.probe) if probe_model.with_forces else []
+    for b, (features, energy, forces) in enumerate(probe_model.backbone_outputs(batch.data)):
+        outputs = backbone_predictions(b, energy, forces)
+
+        def targets(kind, b=b, outputs=outputs):  # (values, [3,] heads)
+            return torch.stack(
+                [head_target(outputs, batch.data, b, l, kind, probe_model.probe.target)
+                 .to(torch.float64) for l in probe_model.targets], dim=-1)  # fmt: skip
+
+        with torch.no_grad():
+            rows = frame_features(b, features.detach()) / num_atoms
+            energy_targets = targets("energy")[:, 0] / num_atoms
+        for fit in probe_model.fits:
+            systems[fit][b].add_energies(rows, counts / num_atoms, energy_targets)
+        if not probe_model.with_forces:
+            continue
+        # the features' derivatives along every direction, then the feature map's
+        derivatives = feature_derivatives(features, batch.pos, tangents).to(torch.float64)
+        with torch.no_grad():
+            x = features.detach().to(torch.float64)
+
+            def derivative(d, b=b, x=x):  # of the per-frame features along d
+                return torch.func.jvp(lambda z: frame_features(b, z), (x,), (d,))[1]
+
+            along_features = torch.cat(  # directions in chunks: (S, atoms, K) is large
+                [torch.func.vmap(derivative)(chunk) for chunk in derivatives.split(16)]
+            )
+            along = batch.frame_sum(torch.einsum("snc,nch->snh", tangents.to(torch.float64),
+                                                 targets("forces")))  # fmt: skip
+        rows = -along_features.flatten(0, 1)  # (directions x frames, K)
+        systems[FORCE_FIT][b].add_forces(rows, along.flatten(0, 1), components=batch.pos.numel())
+
+
+def force_sketch(batch, probe) -> torch.Tensor:
+    """``(directions, atoms, 3)``: each frame's force directions (:func:`sketch_directions`,
+    from the frame's own digest), zero past its own."""
+    pos = batch.pos
+    sizes = batch.data[AtomicDataDict.NUM_NODES_KEY].view(-1).tolist()
+    count = probe.force_directions or 3 * pos.shape[0]
+    sketches = [
+        sketch_directions(len(p), count, frame_digest(p, t, probe.seed))
+        for p, t in zip(pos.split(sizes), batch.types.split(sizes), strict=True)
+    ]
+    tangents = torch.zeros(max(len(v) for v in sketches), *pos.shape, dtype=torch.float64)
+    start = 0
+    for directions in sketches:
+        tangents[: len(directions), start : start + directions.shape[1]] = directions
+        start += directions.shape[1]
+    return tangents.to(device=pos.device, dtype=pos.dtype)
+
+
+def _batches(datasets, batch_size: int, device):
+    """This rank's share of the frames of ``datasets``, in order, as batches on ``device``."""
+    rank, world = 0, 1
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        rank, world = torch.distributed.get_rank(), torch.distributed.get_world_size()
+    for dataset in datasets:
+        starts = range(0, len(dataset), batch_size)
+        for number, start in enumerate(starts):
+            if number % world == rank:
+                frames = [dataset[i] for i in range(start, min(start + batch_size, len(dataset)))]
+                yield AtomicDataDict.to_(AtomicDataDict.batched_from_list(frames), device)
+
+
+def collect(probe_model, datasets, batch_size: int, device) -> dict:
+    """``{fit: [LeastSquaresData of each backbone]}`` of the frames of ``datasets``."""
+    systems = {
+        fit: [
+            LeastSquaresData.empty(
+                heads.features.num_features, probe_model.shifts[fit].shape[1], heads.num_heads
+            )
+            for heads in probe_model.heads[fit]
+        ]
+        for fit in probe_model.fits
+    }
+    for batch in _batches(datasets, batch_size, device):
+        add_least_squares(probe_model, batch, systems)
+    return {fit: [data.all_ranks() for data in per_backbone] for fit, per_backbone in
+            systems.items()}  # fmt: skip
+
+
+def solve_heads(probe_model, train, validation, energy_coeff, forces_coeff, alphas=ALPHAS):
+    """Solve every head, load it into the model, and return what was chosen.
+
+    Args:
+        probe_model: the :class:`~nequip_spectral.nn.SpectralProbeModel`
+        train, validation: the splits' data from :func:`collect`
+        energy_coeff, forces_coeff: the force spectrum's loss weights
+        alphas: the grid of ridge strengths
+
+    Returns:
+        ``{"e": [{"alpha": [...], "at_edge": [...]} of each backbone], "f": ...}``
+    """
+    weights = {ENERGY_FIT: (1.0, 0.0), FORCE_FIT: (energy_coeff, forces_coeff)}
+    # the control head (last) fits the common target; every other head its own target minus
+    # the control's (the injected part), with a ridge strength of its own, and the control's
+    # solution is added back: each head's ridge shrinks it toward the control head, so that
+    # its difference from the control is exactly the ridge fit of the injected signal
+    num_heads = len(probe_model.targets)
+    relative = torch.eye(num_heads, dtype=torch.float64)
+    relative[-1, :-1] = -1.0
+    chosen = {}
+    for fit in probe_model.fits:
+        chosen[fit] = []
+        for b, heads in enumerate(probe_model.heads[fit]):
+            solution = solve_ridge(
+                train[fit][b].with_targets(relative),
+                validation[fit][b].with_targets(relative),
+                *weights[fit],
+                alphas,
+            )
+            add_control = torch.linalg.inv(relative)
+            with torch.no_grad():
+                heads.weights.copy_(solution.weights @ add_control)
+                heads.alpha.copy_(torch.as_tensor(solution.alpha))
+                probe_model.shifts[fit][b] = solution.intercepts @ add_control
+            chosen[fit].append(
+                {"alpha": solution.alpha.tolist(), "at_edge": solution.at_edge.tolist()}
+            )
+    return chosen
+
+
+def fit_closed_form(probe_model, train_datasets, val_datasets, energy_coeff, forces_coeff,
+                    batch_size: int, device) -> dict:  # fmt: skip
+    """:func:`collect` both splits and :func:`solve_heads`; the timings in the result."""
+    start = time.perf_counter()
+    train = collect(probe_model, train_datasets, batch_size, device)
+    validation = collect(probe_model, val_datasets, batch_size, device)
+    collected = time.perf_counter()
+    chosen = solve_heads(probe_model, train, validation, energy_coeff, forces_coeff)
+    return {
+        "heads": chosen,
+        "train_frames": train[ENERGY_FIT][0].num_frames,
+        "val_frames": validation[ENERGY_FIT][0].num_frames,
+        "seconds_collect": collected - start,
+        "seconds_solve": time.perf_counter() - collected,
+    }
+
+
+def describe_solution(result: dict, probe_model) -> str:
+    """What the closed form collected and chose, as printed when it is solved."""
+    heads = probe_model.heads[ENERGY_FIT][0]
+    lines = [
+        f"closed form: {heads.features.num_features} features per head "
+        f"({heads.features.irreps_mix}), {result['train_frames']} training and "
+        f"{result['val_frames']} validation frames collected in {result['seconds_collect']:.1f}"
+        f" s, solved in {result['seconds_solve']:.1f} s"
+    ]
+    for fit, per_backbone in result["heads"].items():
+        for b, chosen in enumerate(per_backbone):
+            alphas = " ".join(f"{a:.0e}" for a in chosen["alpha"])
+            edge = " (some at the grid's edge)" if any(chosen["at_edge"]) else ""
+            lines.append(f"  backbone {b}, {fit} heads: ridge strengths {alphas}{edge}")
+    return "\n".join(lines)
