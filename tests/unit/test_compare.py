@@ -4,7 +4,7 @@ import csv
 
 import numpy as np
 import pytest
-from conftest import as_frames
+from helpers import as_frames
 
 from nequip_spectral.report import build_report, write_report
 from nequip_spectral.scripts import compare

@@ -3,7 +3,7 @@
 import ase.io
 import hydra
 import pytest
-from conftest import CONFIGS, write_rmd17_npz
+from helpers import CONFIGS, write_rmd17_npz
 from omegaconf import OmegaConf
 
 from nequip_spectral._keys import injected_energy_key

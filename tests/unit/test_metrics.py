@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 import torch
-from conftest import as_frames
+from helpers import as_frames
 
 from nequip_spectral.theory.metrics import bootstrap_spectrum, frame_sums, spectrum
 

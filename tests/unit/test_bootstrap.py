@@ -3,7 +3,7 @@ file that carries each test frame's place in its trajectory."""
 
 import numpy as np
 import pytest
-from conftest import as_frames
+from helpers import as_frames
 
 from nequip_spectral.report import build_report
 from nequip_spectral.report.frames import FrameSums

@@ -9,7 +9,7 @@ import ase.io
 import numpy as np
 import pytest
 import torch
-from conftest import nequip_train, train_tiny_backbone, write_rmd17_npz
+from helpers import nequip_train, train_tiny_backbone, write_rmd17_npz
 
 from nequip_spectral.report.frames import FrameSums
 

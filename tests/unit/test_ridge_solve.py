@@ -4,7 +4,7 @@ import dataclasses
 
 import pytest
 import torch
-from test_closed_form import random_system
+from helpers import random_system
 
 from nequip_spectral.theory import ridge
 from nequip_spectral.theory.ridge import solve_ridge

@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 from e3nn import o3
-from test_probe import TYPE_NAMES, aspirin_batch, aspirin_frames, build, irreps_up_to
+from helpers import TYPE_NAMES, aspirin_batch, aspirin_frames, build, irreps_up_to, random_system
 
 from nequip_spectral._keys import ENERGY_FIT, FORCE_FIT
 from nequip_spectral.nn import SPNHeads
@@ -48,27 +48,6 @@ def test_feature_count_and_the_mix_to_the_budget():
     assert PolynomialFeatures(irreps, 3, 8000, seed=1).mix_0.shape == mixed.mix_0.shape
     with pytest.raises(ValueError, match=r"spectral_probe\.feature_budget"):
         PolynomialFeatures(irreps, 2, feature_budget=10)
-
-
-def random_system(frames, num_features=12, num_heads=3, force_rows=0, seed=0):
-    """A random linear problem: one truth for every ``seed``, samples and noise of its own."""
-    truth = torch.Generator().manual_seed(123)
-    energy_truth = torch.randn(4, num_heads, generator=truth, dtype=torch.float64)
-    force_truth = torch.randn(4, num_heads, generator=truth, dtype=torch.float64)
-    generator = torch.Generator().manual_seed(seed)
-
-    def randn(*shape):
-        return torch.randn(*shape, generator=generator, dtype=torch.float64)
-
-    data = LeastSquaresData.empty(num_features, 2, num_heads)
-    rows = randn(frames, num_features) * torch.logspace(-1, 1, num_features, dtype=torch.float64)
-    types = torch.rand(frames, 2, generator=generator, dtype=torch.float64)
-    data.add_energies(rows, types, rows[:, :4] @ energy_truth + 0.3 * randn(frames, num_heads))
-    if force_rows:
-        rows = randn(force_rows, num_features)
-        targets = rows[:, 2:6] @ force_truth + 0.3 * randn(force_rows, num_heads)
-        data.add_forces(rows, targets, force_rows)
-    return data
 
 
 def penalized_problem(data, alpha, energy_coeff, forces_coeff):

@@ -2,8 +2,8 @@ import numpy as np
 import pytest
 import torch
 from e3nn import o3
+from helpers import TYPE_NAMES, aspirin_batch, aspirin_frames, build, irreps_up_to
 from nequip.data import AtomicDataDict
-from nequip.data.transforms import ChemicalSpeciesToAtomTypeMapper, NeighborListTransform
 from nequip.utils.test import assert_AtomicData_equivariant
 
 from nequip_spectral._keys import (
@@ -16,17 +16,10 @@ from nequip_spectral._keys import (
     head_name,
 )
 from nequip_spectral.config import SpectralProbeError
-from nequip_spectral.data import SpectralInjection, frames_from_ase
 from nequip_spectral.model import FrozenBackboneSPN
 from nequip_spectral.nn import SPNHeads
 from nequip_spectral.nn.polynomial import LinearHeads
 from nequip_spectral.train import SpectralProbeMetrics
-
-TYPE_NAMES = ["C", "H", "O"]
-
-
-def irreps_up_to(L: int, channels: int = 2) -> o3.Irreps:
-    return o3.Irreps([(channels, (l, p)) for l in range(L + 1) for p in (1, -1)])
 
 
 @pytest.mark.parametrize(
@@ -131,28 +124,6 @@ def test_heads_are_independent():
     after = heads(features, harmonics)
     assert not torch.allclose(after[0], before[0])
     assert torch.equal(after[1:], before[1:])
-
-
-def aspirin_frames(atoms_list, probe):
-    transforms = [
-        ChemicalSpeciesToAtomTypeMapper(
-            model_type_names=TYPE_NAMES,
-            chemical_species_to_atom_type_map={s: s for s in TYPE_NAMES},
-        ),
-        NeighborListTransform(r_max=5.0),
-        SpectralInjection(probe),
-    ]
-    return frames_from_ase(atoms_list, transforms)
-
-
-def aspirin_batch(atoms_list, probe):
-    return AtomicDataDict.batched_from_list(aspirin_frames(atoms_list, probe))
-
-
-def build(probe, **kwargs):
-    return FrozenBackboneSPN(
-        seed=0, model_dtype="float64", type_names=TYPE_NAMES, r_max=5.0, probe=probe, **kwargs
-    )
 
 
 @pytest.fixture(scope="module")

@@ -1,0 +1,144 @@
+"""What the tests share beside their fixtures (``conftest.py``): running ``nequip-train`` on the
+example configs, tiny backbones, aspirin batches, synthetic per-frame sums and linear systems."""
+
+import os
+import pathlib
+import subprocess
+
+import numpy as np
+import torch
+from e3nn import o3
+from nequip.data import AtomicDataDict
+from nequip.data.transforms import ChemicalSpeciesToAtomTypeMapper, NeighborListTransform
+
+from nequip_spectral.data import SpectralInjection, frames_from_ase
+from nequip_spectral.model import FrozenBackboneSPN
+from nequip_spectral.theory.ridge import LeastSquaresData
+
+CONFIGS = pathlib.Path(__file__).parents[1] / "example_configs"
+TYPE_NAMES = ["C", "H", "O"]
+
+
+def nequip_train(config: str, run_dir, *overrides, check: bool = True):
+    """Run ``nequip-train`` on an example config; return the completed process."""
+
+    flags = [o for o in overrides if o.startswith("-")]  # e.g. -m: before any override
+    overrides = [o for o in overrides if not o.startswith("-")]
+    command = ["nequip-train", *flags, "-cp", str(CONFIGS), "-cn", config]
+    result = subprocess.run(
+        [*command, f"hydra.run.dir={run_dir}", *overrides],
+        capture_output=True, text=True, env={**os.environ},
+    )  # fmt: skip
+    if check and result.returncode != 0:
+        raise RuntimeError(f"nequip-train failed:\n{result.stderr[-4000:]}")
+    return result
+
+
+def train_tiny_backbone(run_dir, dataset, *overrides, architecture="nequip") -> str:
+    """A tiny backbone (4 features, 2 layers) trained for one epoch; its best.ckpt."""
+    nequip_train(
+        "aspirin_backbone.yaml",
+        run_dir,
+        f"dataset_file={dataset}",
+        f"backbone_model={architecture}",
+        "max_epochs=1",
+        "num_features=4",
+        "training_module.model.num_layers=2",
+        "run=[train]",
+        *overrides,
+    )
+    return str(run_dir / "best.ckpt")
+
+
+def float64_backbone(run_dir, dataset, architecture) -> dict:
+    """A tiny backbone in float64, as .ckpt and .nequip.zip."""
+
+    checkpoint = train_tiny_backbone(
+        run_dir, dataset, "training_module.model.model_dtype=float64", architecture=architecture
+    )
+    package = run_dir / "backbone.nequip.zip"
+    subprocess.run(
+        ["nequip-package", "build", checkpoint, str(package)], check=True, capture_output=True
+    )
+    return {"ckpt": checkpoint, "package": str(package)}
+
+
+def write_rmd17_npz(atoms_list, source_dir):
+    """Frames as an rMD17 file (kcal/mol) under ``source_dir``, where rMD17DataModule reads it."""
+
+    kcalmol_to_ev = 0.0433641
+    path = source_dir / "rmd17" / "npz_data" / "rmd17_aspirin.npz"
+    path.parent.mkdir(parents=True)
+    np.savez(
+        path,
+        nuclear_charges=atoms_list[0].numbers,
+        coords=np.stack([atoms.positions for atoms in atoms_list]),
+        energies=np.array([atoms.get_potential_energy() for atoms in atoms_list]) / kcalmol_to_ev,
+        forces=np.stack([atoms.get_forces() for atoms in atoms_list]) / kcalmol_to_ev,
+    )
+    return path
+
+
+def irreps_up_to(L: int, channels: int = 2) -> o3.Irreps:
+    return o3.Irreps([(channels, (l, p)) for l in range(L + 1) for p in (1, -1)])
+
+
+def aspirin_frames(atoms_list, probe):
+    transforms = [
+        ChemicalSpeciesToAtomTypeMapper(
+            model_type_names=TYPE_NAMES,
+            chemical_species_to_atom_type_map={s: s for s in TYPE_NAMES},
+        ),
+        NeighborListTransform(r_max=5.0),
+        SpectralInjection(probe),
+    ]
+    return frames_from_ase(atoms_list, transforms)
+
+
+def aspirin_batch(atoms_list, probe):
+    return AtomicDataDict.batched_from_list(aspirin_frames(atoms_list, probe))
+
+
+def build(probe, **kwargs):
+    return FrozenBackboneSPN(
+        seed=0, model_dtype="float64", type_names=TYPE_NAMES, r_max=5.0, probe=probe, **kwargs
+    )
+
+
+def as_frames(head, control, l_values, kinds=("forces", "energy"), L=2):
+    """The per-frame sums of a synthetic test set, as the report reads them."""
+    import dataclasses
+
+    from nequip_spectral.config import SpectralProbeConfig
+    from nequip_spectral.report.frames import FrameSums
+
+    backbones = tuple(f"b{b}.ckpt" for b in range(head.shape[0]))
+    probe = SpectralProbeConfig(backbones=backbones, l_values=tuple(l_values))
+    num_frames = head.shape[1]
+    context = {
+        "probe": dataclasses.asdict(probe), "L": L, "kinds": list(kinds), "head_parameters": 1,
+        "solver": {}, "n_bootstrap": 50, "block_length": None,
+    }  # fmt: skip
+    order = np.arange(num_frames)
+    return FrameSums(head, control, np.array(["f"] * num_frames), order, order, context)
+
+
+def random_system(frames, num_features=12, num_heads=3, force_rows=0, seed=0):
+    """A random linear problem: one truth for every ``seed``, samples and noise of its own."""
+    truth = torch.Generator().manual_seed(123)
+    energy_truth = torch.randn(4, num_heads, generator=truth, dtype=torch.float64)
+    force_truth = torch.randn(4, num_heads, generator=truth, dtype=torch.float64)
+    generator = torch.Generator().manual_seed(seed)
+
+    def randn(*shape):
+        return torch.randn(*shape, generator=generator, dtype=torch.float64)
+
+    data = LeastSquaresData.empty(num_features, 2, num_heads)
+    rows = randn(frames, num_features) * torch.logspace(-1, 1, num_features, dtype=torch.float64)
+    types = torch.rand(frames, 2, generator=generator, dtype=torch.float64)
+    data.add_energies(rows, types, rows[:, :4] @ energy_truth + 0.3 * randn(frames, num_heads))
+    if force_rows:
+        rows = randn(force_rows, num_features)
+        targets = rows[:, 2:6] @ force_truth + 0.3 * randn(force_rows, num_heads)
+        data.add_forces(rows, targets, force_rows)
+    return data
