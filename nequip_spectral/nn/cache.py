@@ -21,9 +21,7 @@ def batch_frame_keys(data: AtomicDataDict.Type) -> list:
     positions, types, cell, periodicity, and its edges with their cell shifts."""
     positions = data[AtomicDataDict.POSITIONS_KEY]
     sizes = data[AtomicDataDict.NUM_NODES_KEY].view(-1).tolist()
-    batch = data.get(AtomicDataDict.BATCH_KEY)
-    if batch is None:
-        batch = torch.zeros(len(positions), dtype=torch.long, device=positions.device)
+    batch = AtomicDataDict.with_batch_(dict(data))[AtomicDataDict.BATCH_KEY]
     edges = data[AtomicDataDict.EDGE_INDEX_KEY]
     edge_frame = batch[edges[0]]
     starts = [0, *torch.tensor(sizes).cumsum(0).tolist()]

@@ -26,7 +26,7 @@ import dataclasses
 import torch
 from e3nn import o3
 
-from .spn import _blocks, _natural, harmonics_of_ceiling
+from .spn import harmonics_of_ceiling, has_harmonic_parity, irrep_blocks
 
 
 @dataclasses.dataclass(frozen=True)
@@ -64,14 +64,16 @@ def _pair_count(mul_i: int, mul_j: int, offset) -> int:
 
 def _plan(irreps: o3.Irreps, degree: int):
     """The terms of degree 1..``degree`` and the degree-2 products the degree-3 ones reuse."""
-    terms = [_Term(1, (i,), ir.l, mul) for i, (mul, ir) in enumerate(irreps) if _natural(ir)]
+    terms = [
+        _Term(1, (i,), ir.l, mul) for i, (mul, ir) in enumerate(irreps) if has_harmonic_parity(ir)
+    ]
     pairs = []
     for i, (mul_i, ir_i) in enumerate(irreps):
         for j, (mul_j, ir_j) in enumerate(irreps[i:], start=i):
             for ir in ir_i * ir_j:
                 offset = _offset(i, j, ir_i.l, ir.l)
                 count = _pair_count(mul_i, mul_j, offset)
-                if degree >= 2 and _natural(ir):
+                if degree >= 2 and has_harmonic_parity(ir):
                     terms.append(_Term(2, (i, j), ir.l, count))
                 if degree >= 3 and count > 0:
                     pairs.append(_Pair(i, j, ir.l, ir.p, offset))
@@ -79,7 +81,7 @@ def _plan(irreps: o3.Irreps, degree: int):
         count = _pair_count(irreps[pair.i].mul, irreps[pair.j].mul, pair.offset)
         for k, (mul_k, ir_k) in enumerate(irreps):
             for ir in o3.Irrep(pair.lam, pair.parity) * ir_k:
-                if _natural(ir):
+                if has_harmonic_parity(ir):
                     terms.append(_Term(3, (p, k), ir.l, count * mul_k))
     return terms, pairs
 
@@ -148,10 +150,10 @@ class PolynomialFeatures(torch.nn.Module):
         """``(..., atoms, dim)`` features, ``(atoms, dim_Y)`` harmonics -> ``(..., atoms, K)``."""
         x = [
             torch.einsum("...nui,uw->...nwi", block, getattr(self, f"mix_{i}").to(features.dtype))
-            for i, block in enumerate(_blocks(self.irreps_in, features))
+            for i, block in enumerate(irrep_blocks(self.irreps_in, features))
         ]
         Y = [block.squeeze(-2).to(features.dtype) for block in
-             _blocks(self.irreps_harmonics, harmonics)]  # fmt: skip
+             irrep_blocks(self.irreps_harmonics, harmonics)]  # fmt: skip
         ls = [ir.l for _, ir in self.irreps_mix]
 
         def cg(*path):

@@ -33,7 +33,7 @@ from e3nn.nn import Gate
 MAX_HARMONIC_DEGREE = 12  # e3nn's o3.spherical_harmonics stops here
 
 
-def _blocks(irreps: o3.Irreps, tensor: torch.Tensor) -> list:
+def irrep_blocks(irreps: o3.Irreps, tensor: torch.Tensor) -> list:
     """``(..., dim)`` -> one ``(..., mul, 2l+1)`` tensor per irrep block."""
     return [
         tensor[..., s].unflatten(-1, (mul, ir.dim))
@@ -52,7 +52,7 @@ def harmonics_of_ceiling(irreps_in: o3.Irreps, degree: int) -> tuple[int, o3.Irr
     return ceiling, o3.Irreps.spherical_harmonics(ceiling, p=-1)
 
 
-def _natural(ir: o3.Irrep) -> bool:
+def has_harmonic_parity(ir: o3.Irrep) -> bool:
     """The parity of :math:`Y_l`: only such blocks meet a harmonic of ``n``."""
     return ir.p == (-1) ** ir.l
 
@@ -81,7 +81,7 @@ class _HeadwiseLinear(torch.nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``(heads, atoms, dim_in)`` -> ``(heads, atoms, dim_out)``."""
-        blocks = _blocks(self.irreps_in, x)
+        blocks = irrep_blocks(self.irreps_in, x)
         out = [0.0] * len(self.irreps_out)
         for (i, j), weight in zip(self.paths, self.weights, strict=True):
             out[j] = out[j] + torch.einsum("hnui,huw->hnwi", blocks[i], weight)
@@ -156,14 +156,14 @@ class SPNHeads(torch.nn.Module):
         # channel (e3nn's FullyConnectedTensorProduct to 0e)
         self.linear_blocks = [
             (k, i) for k, irreps in enumerate(self.irreps_z)
-            for i, (_, ir) in enumerate(irreps) if _natural(ir)
+            for i, (_, ir) in enumerate(irreps) if has_harmonic_parity(ir)
         ]  # fmt: skip
         paths = [  # the last product's coupling paths (block of z, block of m, lambda)
             (i1, i2, ir.l)
             for i1, (_, ir1) in enumerate(self.irreps_z[-1])
             for i2, (_, ir2) in enumerate(self.irreps_mix)
             for ir in ir1 * ir2
-            if degree > 1 and _natural(ir)
+            if degree > 1 and has_harmonic_parity(ir)
         ]
         outputs = sorted({lam for *_, lam in paths})
         # a path's bilinear form z^T T m, T = C . Y_lambda: its Clebsch-Gordan tensor (with
@@ -204,7 +204,7 @@ class SPNHeads(torch.nn.Module):
         """
         num_atoms = features.shape[-2]
         features = features.expand(self.num_heads, num_atoms, -1)
-        Y = [block.squeeze(-2) for block in _blocks(self.irreps_harmonics, harmonics)]
+        Y = [block.squeeze(-2) for block in irrep_blocks(self.irreps_harmonics, harmonics)]
 
         def mix(linear):
             mixed = linear(features)
@@ -217,7 +217,7 @@ class SPNHeads(torch.nn.Module):
             rows = [t.reshape(-1, t.shape[-1]) for t in (z[-1], mix(self.mixes[k]))]
             weights = self.product_weights[k - 1].repeat_interleave(num_atoms, dim=0)
             z.append(product(*rows, weights).view(self.num_heads, num_atoms, -1))
-        z_blocks = [_blocks(irreps, t) for irreps, t in zip(self.irreps_z, z, strict=True)]
+        z_blocks = [irrep_blocks(irreps, t) for irreps, t in zip(self.irreps_z, z, strict=True)]
 
         linear = [
             torch.einsum("hnci,ni->hnc", z_blocks[k][i], Y[self.irreps_z[k][i].ir.l])
@@ -231,7 +231,7 @@ class SPNHeads(torch.nn.Module):
                 return [b.transpose(0, 1).reshape(num_atoms, -1, b.shape[-1]) for b in blocks]
 
             z_last = by_atom(z_blocks[-1])
-            m_last = by_atom(_blocks(self.irreps_mix, mix(self.mixes[-1])))
+            m_last = by_atom(irrep_blocks(self.irreps_mix, mix(self.mixes[-1])))
             forms = torch.einsum("pijk,nk->npij", self.coupling, harmonics)  # once per atom
             bilinear = [
                 (torch.bmm(z_last[i1], forms[:, p, :di, :dj]) * m_last[i2]).sum(-1)

@@ -21,9 +21,7 @@ def batch_frame_sums(outputs, data, probe: SpectralProbeConfig, num_backbones: i
     """
     num_frames = AtomicDataDict.num_frames(data)
     positions = data[AtomicDataDict.POSITIONS_KEY]
-    atoms_frame = data.get(AtomicDataDict.BATCH_KEY)
-    if atoms_frame is None:
-        atoms_frame = torch.zeros(len(positions), dtype=torch.long, device=positions.device)
+    atoms_frame = AtomicDataDict.with_batch_(dict(data))[AtomicDataDict.BATCH_KEY]
     frame_of = {
         "forces": atoms_frame,
         "energy": torch.arange(num_frames, device=positions.device),

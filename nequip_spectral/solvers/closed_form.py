@@ -15,6 +15,7 @@ import time
 import torch
 from nequip.data import AtomicDataDict
 
+from .._distributed import rank_and_world
 from .._keys import ENERGY_FIT, FORCE_FIT
 from ..data.injection import frame_digest
 from ..nn.probe import backbone_predictions, feature_derivatives
@@ -99,9 +100,7 @@ def force_sketch(batch, probe) -> torch.Tensor:
 
 def _batches(datasets, batch_size: int, device):
     """This rank's share of the frames of ``datasets``, in order, as batches on ``device``."""
-    rank, world = 0, 1
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        rank, world = torch.distributed.get_rank(), torch.distributed.get_world_size()
+    rank, world = rank_and_world()
     for dataset in datasets:
         starts = range(0, len(dataset), batch_size)
         for number, start in enumerate(starts):

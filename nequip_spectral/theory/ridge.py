@@ -30,6 +30,8 @@ import numpy as np
 import scipy.linalg
 import torch
 
+from .._distributed import every_rank
+
 ALPHAS = 10.0 ** np.arange(-9.0, 3.01, 0.5)  # relative to the mean eigenvalue (1 after scaling)
 DROPPED_BELOW = 1e-13  # a feature whose diagonal is below this fraction of the largest: left out
 
@@ -84,10 +86,9 @@ class LeastSquaresData:
 
     def all_ranks(self) -> "LeastSquaresData":
         """Every rank's data together (itself without DDP): rows joined, sums added."""
-        if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+        parts = every_rank(self)
+        if len(parts) == 1:
             return self
-        parts = [None] * torch.distributed.get_world_size()
-        torch.distributed.all_gather_object(parts, self)
         fields = dataclasses.fields(self)
         return LeastSquaresData(
             *[

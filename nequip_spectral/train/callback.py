@@ -9,6 +9,7 @@ import torch
 from hydra.utils import instantiate
 from nequip.data import AtomicDataDict
 
+from .._distributed import every_rank
 from .._keys import ENERGY_FIT
 from .._nequip import probe_of
 from ..config import SpectralProbeConfig
@@ -22,11 +23,7 @@ def gather_frames(tensor: torch.Tensor, dim: int = 1) -> torch.Tensor:
 
     Sums of frames are what the metrics need, so ranks are joined before any ratio is taken.
     """
-    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
-        return tensor
-    parts = [None] * torch.distributed.get_world_size()
-    torch.distributed.all_gather_object(parts, tensor.cpu())
-    return torch.cat(parts, dim=dim)
+    return torch.cat(every_rank(tensor.cpu()), dim=dim)
 
 
 def check_frames(datasets, probe: SpectralProbeConfig) -> dict:
