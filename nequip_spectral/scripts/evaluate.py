@@ -1,4 +1,4 @@
-"""``nequip-evaluate RUN_DIR``: re-run NequIP's test stage for a trained spectral probe.
+"""``nequip-spectral-evaluate RUN_DIR``: re-run NequIP's test stage for a trained spectral probe.
 
 NequIP 0.19 evaluates with ``run: [test]``; this is a thin wrapper over it. It takes the run's
 own config (``RUN_DIR/.hydra/config.yaml``), sets ``run: [test]``, loads the trained probe with

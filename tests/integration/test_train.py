@@ -1,4 +1,4 @@
-"""End to end: ``nequip-train`` on the example probe config, ``nequip-evaluate``, bad inputs."""
+"""End to end: ``nequip-train`` on the example probe config, ``nequip-spectral-evaluate``, bad inputs."""
 
 import csv
 import json
@@ -131,7 +131,7 @@ def test_evaluate_reproduces_the_test_metrics(probe_run, tiny_aspirin, tmp_path)
     output = tmp_path / "evaluation"
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
-    subprocess.run(["nequip-evaluate", str(run_dir), "--output", str(output)], check=True,
+    subprocess.run(["nequip-spectral-evaluate", str(run_dir), "--output", str(output)], check=True,
                    cwd=elsewhere)  # fmt: skip
     trained = json.loads((run_dir / "spectral_report.json").read_text())
     evaluated = json.loads((output / "spectral_report.json").read_text())
@@ -143,13 +143,13 @@ def test_evaluate_reproduces_the_test_metrics(probe_run, tiny_aspirin, tmp_path)
     # another dataset: every frame of it is tested
     other = tmp_path / "other"
     subprocess.run(
-        ["nequip-evaluate", str(run_dir), "--dataset-file", str(tiny_aspirin), "--output",
+        ["nequip-spectral-evaluate", str(run_dir), "--dataset-file", str(tiny_aspirin), "--output",
          str(other)],
         check=True,
     )  # fmt: skip
     assert json.loads((other / "spectral_report.json").read_text())["n_test_frames"] == 40
     refused = subprocess.run(
-        ["nequip-evaluate", str(run_dir), "--output", str(other)], capture_output=True, text=True
+        ["nequip-spectral-evaluate", str(run_dir), "--output", str(other)], capture_output=True, text=True
     )
     assert refused.returncode != 0 and "exists" in refused.stderr
 
@@ -226,7 +226,7 @@ def test_a_run_resumed_in_its_own_directory_goes_on(sgd_run):
     assert json.loads((run_dir / "spectral_report.json").read_text()) != before
     # the resumed run's config holds its ckpt_path: the evaluation leaves it out
     output = run_dir.parent / "evaluated_after_resume"
-    subprocess.run(["nequip-evaluate", str(run_dir), "--output", str(output)], check=True)
+    subprocess.run(["nequip-spectral-evaluate", str(run_dir), "--output", str(output)], check=True)
     assert (output / "spectral_report.json").is_file()
 
 
@@ -347,7 +347,7 @@ def test_an_rmd17_run_is_evaluated_on_its_own_frames_and_on_another_file(
     tiny_backbone, tiny_aspirin, tmp_path
 ):
     """``data=rmd17`` (NequIP's rMD17DataModule, an npz in kcal/mol read without
-    downloading) end to end, then ``nequip-evaluate`` with and without ``--dataset-file``."""
+    downloading) end to end, then ``nequip-spectral-evaluate`` with and without ``--dataset-file``."""
     npz = write_rmd17_npz(ase.io.read(tiny_aspirin, index=":"), tmp_path / "source")
     run_dir = tmp_path / "rmd17"
     nequip_train(
@@ -360,10 +360,10 @@ def test_an_rmd17_run_is_evaluated_on_its_own_frames_and_on_another_file(
     assert set(FrameSums.load(run_dir).source_file) == {str(npz)}
 
     same, other = tmp_path / "same", tmp_path / "other"
-    subprocess.run(["nequip-evaluate", str(run_dir), "--output", str(same)], check=True)
+    subprocess.run(["nequip-spectral-evaluate", str(run_dir), "--output", str(same)], check=True)
     evaluated = json.loads((same / "spectral_report.json").read_text())
     assert evaluated["per_l"]["4"]["rho"] == pytest.approx(trained["per_l"]["4"]["rho"], rel=1e-5)
-    subprocess.run(["nequip-evaluate", str(run_dir), "--dataset-file", str(tiny_aspirin),
+    subprocess.run(["nequip-spectral-evaluate", str(run_dir), "--dataset-file", str(tiny_aspirin),
                     "--output", str(other)], check=True)  # fmt: skip
     report = json.loads((other / "spectral_report.json").read_text())
     assert report["n_test_frames"] == 40
@@ -380,7 +380,7 @@ def test_an_allegro_backbone_is_probed_and_evaluated_end_to_end(tiny_allegro, ti
     assert report["solver"]["mixed_irreps"]  # the closed form's features of the tensor track
     assert all(row["rho"] is not None for row in report["per_l"].values())
     output = tmp_path / "evaluated"
-    subprocess.run(["nequip-evaluate", str(run_dir), "--output", str(output)], check=True)
+    subprocess.run(["nequip-spectral-evaluate", str(run_dir), "--output", str(output)], check=True)
     evaluated = json.loads((output / "spectral_report.json").read_text())
     assert evaluated["per_l"]["4"]["rho"] == pytest.approx(report["per_l"]["4"]["rho"], rel=1e-5)
 
