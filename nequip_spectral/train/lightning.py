@@ -75,10 +75,13 @@ class SpectralProbeLightningModule(NequIPLightningModule):
         self._write_checkpoints()  # what validation would have written
         self.trainer.should_stop = True  # the heads are at their optimum: no gradient epochs
 
-    def on_train_epoch_end(self) -> None:
-        super().on_train_epoch_end()
-        if self.best_heads is not None:  # (validation has run: its metrics are logged)
-            self.best_heads.update(self.trainer.callback_metrics)
+    def on_validation_epoch_end(self) -> None:
+        # before NequIP resets the metrics, and before ModelCheckpoint saves: a checkpoint
+        # holds every epoch's choice so far
+        if self.best_heads is not None and not self.trainer.sanity_checking:
+            prefix = f"val0_epoch{self.logging_delimiter}"
+            self.best_heads.update(self.val_metrics[0].compute(prefix=prefix))
+        super().on_validation_epoch_end()
 
     def on_train_end(self) -> None:
         if self.best_heads is not None and self.best_heads.best:

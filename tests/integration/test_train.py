@@ -1,4 +1,4 @@
-"""End to end: ``nequip-train`` on the example probe config, ``nequip-spectral-evaluate``, bad inputs."""
+"""End to end: ``nequip-train`` on the example probe config, the evaluation, bad inputs."""
 
 import csv
 import json
@@ -12,6 +12,7 @@ import torch
 from helpers import nequip_train, train_tiny_backbone, write_rmd17_npz
 
 from nequip_spectral.report.frames import FrameSums
+from nequip_spectral.train.lightning import BEST_HEADS_KEY
 
 L_VALUES = [0, 3, 4, 5]
 
@@ -149,8 +150,9 @@ def test_evaluate_reproduces_the_test_metrics(probe_run, tiny_aspirin, tmp_path)
     )  # fmt: skip
     assert json.loads((other / "spectral_report.json").read_text())["n_test_frames"] == 40
     refused = subprocess.run(
-        ["nequip-spectral-evaluate", str(run_dir), "--output", str(other)], capture_output=True, text=True
-    )
+        ["nequip-spectral-evaluate", str(run_dir), "--output", str(other)],
+        capture_output=True, text=True,
+    )  # fmt: skip
     assert refused.returncode != 0 and "exists" in refused.stderr
 
 
@@ -213,16 +215,31 @@ def test_bad_input_stops_before_training(
     assert now == earlier
 
 
-def test_a_run_resumed_in_its_own_directory_goes_on(sgd_run):
+def test_a_run_resumed_in_its_own_directory_goes_on(sgd_run, tiny_aspirin, tmp_path):
+    """``++ckpt_path=`` goes on from the checkpoint: the second epoch only, and each head's best
+    epoch chosen among both. The resumed epoch validates on frames whose energies are 100 eV
+    off, so every head's best stays the first epoch's: a run that lost the heads' choices in
+    the checkpoint (or started afresh) would hold the second epoch's."""
     run_dir, overrides = sgd_run
     before = json.loads((run_dir / "spectral_report.json").read_text())
+    first = torch.load(run_dir / "last.ckpt", map_location="cpu", weights_only=False)
+    frames = ase.io.read(tiny_aspirin, index=":")
+    for atoms in frames:
+        atoms.calc.results["energy"] += 100.0
+    shifted = tmp_path / "shifted.extxyz"
+    ase.io.write(shifted, frames)
+    overrides = [o for o in overrides if not o.startswith("dataset_file=")]
     result = nequip_train(
-        "aspirin_probe.yaml", run_dir, *overrides, "solver=sgd", "max_epochs=2",
-        f"++ckpt_path={run_dir / 'last.ckpt'}",
+        "aspirin_probe.yaml", run_dir, *overrides, f"dataset_file={shifted}", "solver=sgd",
+        "max_epochs=2", f"++ckpt_path={run_dir / 'last.ckpt'}",
     )  # fmt: skip
-    assert "already holds" not in result.stderr
-    checkpoint = torch.load(run_dir / "last.ckpt", map_location="cpu", weights_only=False)
-    assert checkpoint["epoch"] == 1  # the second epoch ran
+    output = result.stdout + result.stderr
+    assert "already holds" not in output
+    assert "Epoch 1" in output and "Epoch 0" not in output  # went on, did not start again
+    resumed = torch.load(run_dir / "last.ckpt", map_location="cpu", weights_only=False)
+    assert resumed["epoch"] == 1
+    choices = [[(key, loss) for key, loss, _ in c[BEST_HEADS_KEY]] for c in (first, resumed)]
+    assert choices[0] and choices[1] == choices[0]
     assert json.loads((run_dir / "spectral_report.json").read_text()) != before
     # the resumed run's config holds its ckpt_path: the evaluation leaves it out
     output = run_dir.parent / "evaluated_after_resume"
@@ -347,7 +364,7 @@ def test_an_rmd17_run_is_evaluated_on_its_own_frames_and_on_another_file(
     tiny_backbone, tiny_aspirin, tmp_path
 ):
     """``data=rmd17`` (NequIP's rMD17DataModule, an npz in kcal/mol read without
-    downloading) end to end, then ``nequip-spectral-evaluate`` with and without ``--dataset-file``."""
+    downloading) end to end, then evaluated with and without ``--dataset-file``."""
     npz = write_rmd17_npz(ase.io.read(tiny_aspirin, index=":"), tmp_path / "source")
     run_dir = tmp_path / "rmd17"
     nequip_train(
