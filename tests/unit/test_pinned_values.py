@@ -1,0 +1,65 @@
+"""A tiny closed-form run's spectrum, pinned: later changes to these numbers are made on purpose.
+
+The run is deterministic on any machine: an untrained NequIP backbone built in-process from a
+seed (no ``nequip-train``, whose training differs between devices), float64, the first 24
+bundled aspirin frames (12 training, 4 validation, 8 test), both spectra, exact force rows, and
+the report's own per-frame sums, ``target: injected`` (the untrained backbone's error stays
+out). The numbers below were printed by ``tiny_spectrum()``; a change that moves them by more than the tolerance must update them and
+say why in its commit.
+"""
+
+import ase.io
+import numpy as np
+import torch
+from helpers import TYPE_NAMES, aspirin_frames
+from nequip.data import AtomicDataDict
+
+from nequip_spectral.config import SpectralProbeConfig
+from nequip_spectral.data import BUNDLED_ASPIRIN
+from nequip_spectral.model import freeze_and_tap
+from nequip_spectral.nn import SpectralProbeModel
+from nequip_spectral.report import batch_frame_sums
+from nequip_spectral.solvers.closed_form import collect, solve_heads
+from nequip_spectral.targets import KINDS
+from nequip_spectral.theory.metrics import spectrum
+
+PROBE = {"backbones": ["in-process"], "l_values": [1, 4, 5], "target": "injected", "seed": 0}
+PINNED = {  # kind: rho and R2_inj at l = 1, 4, 5 (12 training frames: the energy heads fit noise)
+    "forces": {"rho": [0.451129425139646, 0.08419879252154426, -0.020015857701510705],
+               "R2_inj": [0.45112942513964605, 0.08419879252154416, -0.02001585770151082]},
+    "energy": {"rho": [-0.06744612648143292, 0.36886282118632063, 0.2518505561014467],
+               "R2_inj": [-0.07057822226809307, 0.2909246262338181, 0.1898451740101974]},
+}  # fmt: skip
+
+
+def tiny_spectrum() -> dict:
+    from nequip.model import NequIPGNNModel
+
+    backbone = NequIPGNNModel(
+        seed=0, model_dtype="float64", type_names=TYPE_NAMES, r_max=5.0, l_max=2, num_layers=2,
+        num_features=4, radial_mlp_depth=1, radial_mlp_width=8, avg_num_neighbors=18.0,
+        per_type_energy_shifts={s: -50.0 for s in TYPE_NAMES},
+        per_type_energy_scales={s: 1.0 for s in TYPE_NAMES},
+    )  # fmt: skip
+    model = SpectralProbeModel([freeze_and_tap(backbone)], PROBE, TYPE_NAMES)
+    frames = aspirin_frames(ase.io.read(BUNDLED_ASPIRIN, index=":24"), PROBE)
+    train, validation = (collect(model, [part], 4, "cpu") for part in (frames[:12], frames[12:16]))
+    solve_heads(model, train, validation, 1.0, 1.0)
+    test = AtomicDataDict.batched_from_list(frames[16:])
+    outputs = model(test)  # (the force heads' forces need grad)
+    with torch.no_grad():
+        head, control = batch_frame_sums(
+            outputs, test, SpectralProbeConfig.from_block(PROBE), 1, KINDS
+        )
+    totals = spectrum(head[0].sum(0).numpy(), control[0].sum(0).numpy())  # (kinds, l)
+    return {
+        kind: {metric: totals[metric][k].tolist() for metric in ("rho", "R2_inj")}
+        for k, kind in enumerate(KINDS)
+    }
+
+
+def test_a_tiny_runs_spectrum_is_what_it_was():
+    measured = tiny_spectrum()
+    for kind, metrics in PINNED.items():
+        for metric, values in metrics.items():
+            np.testing.assert_allclose(measured[kind][metric], values, rtol=1e-8, atol=1e-10)
