@@ -4,8 +4,8 @@ The run is deterministic on any machine: an untrained NequIP backbone built in-p
 seed (no ``nequip-train``, whose training differs between devices), float64, the first 24
 bundled aspirin frames (12 training, 4 validation, 8 test), both spectra, exact force rows, and
 the report's own per-frame sums, ``target: injected`` (the untrained backbone's error stays
-out). The numbers below were printed by ``tiny_spectrum()``; a change that moves them by more than the tolerance must update them and
-say why in its commit.
+out). The numbers below were printed by ``tiny_spectrum()``; a change that moves them by more
+than the tolerance must update them and say why in its commit.
 """
 
 import ase.io
