@@ -8,10 +8,10 @@ import numpy as np
 from ..config import SpectralProbeConfig
 from ..targets import KINDS
 from ..theory.bootstrap import choose_block_length, lag1_autocorrelation, summarize
-from ..theory.metrics import bootstrap_spectrum, frame_contrast, spectrum
+from ..theory.metrics import READINGS, bootstrap_spectrum, frame_contrast, spectrum
 from .frames import FrameSums
 
-METRICS = ("rho", "R2_inj", "gain")
+METRICS = ("rho", "R2_inj", "gain", "rho_recovered", "rho_chance")
 QUESTIONS = {  # what each spectrum's heads were fitted to, and so what its numbers answer
     "energy": "heads fitted to energies alone: how much of the injected degree-l energy is a "
     "degree-d_r function of the tapped features",
@@ -131,7 +131,7 @@ def build_report(
     for l, row in report["per_l"].items():
         i = probe.l_values.index(int(l))
         for k, kind in enumerate(kinds):
-            for metric in ("rho", "R2_inj"):
+            for metric in READINGS:
                 row[f"{metric}_{kind}_ci95"] = summarize(replicates[metric][:, k, i])["ci95"]
         row["rho_ci95"] = row[f"rho_{primary}_ci95"]
     report["delta"] = summarize(replicates["delta"][:, 0])

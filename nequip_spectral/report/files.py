@@ -7,11 +7,12 @@ from pathlib import Path
 import numpy as np
 
 from ..targets import KINDS
+from ..theory.metrics import READINGS
 from .build import METRICS, _finite
 from .plot import plot_spectrum
 
 REPORT_FILES = ("spectral_report.json", "spectral_report.csv", "spectral_report.png")
-_CI_COLUMNS = [f"{m}_{kind}_ci95" for m in ("rho", "R2_inj") for kind in KINDS]
+_CI_COLUMNS = [f"{m}_{kind}_ci95" for m in READINGS for kind in KINDS]
 
 
 def _json_safe(value):

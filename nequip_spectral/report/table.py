@@ -10,9 +10,18 @@ def format_table(report: dict) -> str:
         f"l* = {report['boundary']}; {report['n_backbones']} backbone(s), "
         f"{report['n_test_frames']} test frames, target {report['target']}; "
         f"rho, cliff and contrasts on {report['primary']}",
-        f"{'l':>3} {'rho_F':>8} {'95% CI':>16} {'R2inj_F':>8} {'gain_F':>10} {'rho_E':>8} "
-        f"{'95% CI':>16} {'R2inj_E':>8} {'gain_E':>10}",
+        f"{'l':>3} {'rho_F':>9} {'95% CI':>16} {'rec_F':>7} {'R2inj_F':>8} {'gain_F':>10} "
+        f"{'rho_E':>9} {'95% CI':>16} {'rec_E':>7} {'R2inj_E':>8} {'gain_E':>10}",
     ]
+    chance_marked = False
+
+    def reading(row, kind):  # rho, marked * where its chance part outweighs the recovered one
+        nonlocal chance_marked
+        rho, chance = row[f"rho_{kind}"], row.get(f"rho_chance_{kind}")
+        recovered = row.get(f"rho_recovered_{kind}")
+        mark = chance is not None and recovered is not None and abs(chance) > abs(recovered)
+        chance_marked |= mark
+        return f"{cell(rho, 8)}{'*' if mark else ' '}"
 
     def cell(value, width=0, digits=3):
         return f"{'n/a':>{width}}" if value is None else f"{value:>{width}.{digits}f}"
@@ -24,11 +33,15 @@ def format_table(report: dict) -> str:
 
     for l, row in report["per_l"].items():
         mark = "  <- ceiling" if int(l) == report["boundary"] else ""
+        lines.append(f"{l:>3}" + "".join(
+            f" {reading(row, kind)} {interval(row.get(f'rho_{kind}_ci95'), 16)} "
+            f"{cell(row.get(f'rho_recovered_{kind}'), 7)} {cell(row[f'R2_inj_{kind}'], 8)} "
+            f"{cell(row[f'gain_{kind}'], 10, 6)}" for kind in ("forces", "energy")) + mark
+        )  # fmt: skip
+    if chance_marked:
         lines.append(
-            f"{l:>3} {cell(row['rho_forces'], 8)} {interval(row.get('rho_forces_ci95'), 16)} "
-            f"{cell(row['R2_inj_forces'], 8)} {cell(row['gain_forces'], 10, 6)} "
-            f"{cell(row['rho_energy'], 8)} {interval(row.get('rho_energy_ci95'), 16)} "
-            f"{cell(row['R2_inj_energy'], 8)} {cell(row['gain_energy'], 10, 6)}{mark}"
+            "* rho's chance part (the backbone's error and the heads' fit to noise, against the "
+            "injection) outweighs its recovered part: read rec and R2_inj"
         )
     if report["n_backbones"] > 1:
         lines.append(f"rho ({report['primary']}) per backbone:")
@@ -48,6 +61,12 @@ def format_table(report: dict) -> str:
             )
             + f"  [rho {cell(cliff['rho_boundary'])} -> {cell(cliff['rho_above'])}]"
         )
+        primary, rows = report["primary"], report["per_l"]
+        lines.append(f"recovered ({primary}, rho without its chance part): " + " -> ".join(
+            f"rec({l}) = {cell(rows[str(l)][f'rho_recovered_{primary}'])} "
+            f"{interval(rows[str(l)].get(f'rho_recovered_{primary}_ci95'))}"
+            for l in (report["boundary"], report["boundary"] + 1)
+        ))  # fmt: skip
         for name in ("delta", "rho_diff"):
             stats = report[name]
             lines.append(

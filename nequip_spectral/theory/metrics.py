@@ -32,6 +32,7 @@ from .bootstrap import cluster_bootstrap
 HEAD_SUMS = ("n", "tt", "rr", "e", "ee", "aa")
 NEGLIGIBLE = 1e-12  # an injected power or variance below this fraction of the largest l's
 CONTROL_SUMS = ("n", "tt", "rr")
+READINGS = ("rho", "R2_inj", "rho_recovered", "rho_chance")  # per l, with bootstrap intervals
 
 
 def frame_sums(
@@ -64,14 +65,29 @@ def frame_sums(
 
 
 def spectrum(head_totals: np.ndarray, control_totals: np.ndarray) -> dict:
-    """Gain, rho and R2_inj per head from totals.
+    r"""Gain, rho, R2_inj and rho's two parts per head, from totals.
+
+    With the residual target :math:`t_l = t_0 + e` (:math:`e` the injected signal) and
+    :math:`\delta = \hat y_l - \hat y_0` (:math:`\hat y_0` the control head), the gain over the
+    control splits exactly into what was recovered of the injection and chance terms:
+
+    .. math::
+
+        G_l - G_0 = \underbrace{\overline{e^2} - \overline{(e - \delta)^2}}_{\text{recovered}}
+            + \underbrace{2\,\overline{\hat y_0 e} + 2\,\overline{(t_0 - \hat y_0)\,\delta}}_{
+            \text{chance}},
+
+    so ``rho = rho_recovered + rho_chance`` (each over :math:`\overline{e^2}`). The chance part
+    grows with the backbone's own error and with what the heads fit to noise; it is zero for
+    ``target: injected``; ``rho_recovered`` has no chance part that could read as recovery
+    (fitted noise lowers it).
 
     Args:
         head_totals: ``(..., num_l, 6)`` summed ``HEAD_SUMS``
         control_totals: ``(..., 3)`` summed ``CONTROL_SUMS``
 
     Returns:
-        ``{"gain", "rho", "R2_inj"}``, each of shape ``(..., num_l)``
+        ``{"gain", "rho", "R2_inj", "rho_recovered", "rho_chance"}``, each ``(..., num_l)``
     """
     n, tt, rr, e, ee, aa = np.moveaxis(head_totals, -1, 0)
     n0, tt0, rr0 = np.moveaxis(control_totals, -1, 0)
@@ -85,10 +101,14 @@ def spectrum(head_totals: np.ndarray, control_totals: np.ndarray) -> dict:
     power = np.where(power > negligible, power, np.nan)
     variance = np.where(variance > negligible, variance, np.nan)
     with np.errstate(divide="ignore", invalid="ignore"):
+        rho = (gain - control_gain) / power
+        recovered = 1 - (aa / n) / power
         return {
             "gain": gain,
-            "rho": (gain - control_gain) / power,
+            "rho": rho,
             "R2_inj": 1 - (aa / n) / variance,
+            "rho_recovered": recovered,
+            "rho_chance": rho - recovered,
         }
 
 
@@ -124,7 +144,7 @@ def bootstrap_spectrum(
         block_length: frames per level-2 block
 
     Returns:
-        ``rho`` and ``R2_inj`` of shape ``(n_replicates, ..., num_l)`` (mean over the drawn
+        each of ``READINGS``, of shape ``(n_replicates, ..., num_l)`` (mean over the drawn
         backbones), ``delta`` (``G_a - G_b``), ``rho_diff`` (``rho_a - rho_b``), ``rho_a``
         and ``rho_b``, each of shape ``(n_replicates, ...)``
     """
@@ -132,16 +152,15 @@ def bootstrap_spectrum(
     def statistic(backbones, frames):
         rows = backbones[:, None]
         result = spectrum(head_frames[rows, frames].sum(1), control_frames[rows, frames].sum(1))
-        return np.stack([result[name].mean(0) for name in ("gain", "rho", "R2_inj")])
+        return np.stack([result[name].mean(0) for name in ("gain", *READINGS)])
 
     with np.errstate(divide="ignore", invalid="ignore"):
         replicates = cluster_bootstrap(
             statistic, *head_frames.shape[:2], block_length, n_replicates, seed
         )
-    gain, rho, r2_inj = replicates[:, 0], replicates[:, 1], replicates[:, 2]
+    gain, rho = replicates[:, 0], replicates[:, 1]
     return {
-        "rho": rho,
-        "R2_inj": r2_inj,
+        **{name: replicates[:, 1 + i] for i, name in enumerate(READINGS)},
         "delta": gain[..., boundary_index] - gain[..., above_index],
         "rho_diff": rho[..., boundary_index] - rho[..., above_index],
         "rho_a": rho[..., boundary_index],
