@@ -2,7 +2,7 @@
 
 Everything this package relies on that NequIP or Lightning do not document as public goes
 through here, so that an upgrade that moves it breaks one module (and the test that names it,
-``tests/test_nequip_seam.py``), not four.
+``tests/integration/test_nequip_seam.py``), not four.
 """
 
 import contextlib

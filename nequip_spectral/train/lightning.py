@@ -33,7 +33,7 @@ class SpectralProbeLightningModule(NequIPLightningModule):
 
     Args:
         pass_batch_size: frames per batch of the closed-form pass
-        (the rest): as :class:`nequip.train.NequIPLightningModule`
+        **kwargs: as for :class:`nequip.train.NequIPLightningModule`
     """
 
     def __init__(self, *args, pass_batch_size: int = 10, **kwargs):
