@@ -15,6 +15,7 @@ from .._nequip import probe_of
 from ..config import SpectralProbeConfig
 from ..report import REPORT_FILES, batch_frame_sums, build_report, format_table, write_report
 from ..report.frames import FRAMES_FILE, FrameSums, batch_frame_ids, frame_id, frame_source
+from ..report.loggers import log_report
 from ..targets import KINDS
 
 
@@ -170,6 +171,8 @@ class SpectralMetrics(lightning.Callback):
         frames.save(self.output_dir / FRAMES_FILE)
         self.report = build_report(frames)
         write_report(self.report, self.output_dir)
+        log_report(trainer.loggers, self.report, self.output_dir / REPORT_FILES[2],
+                   trainer.global_step)  # fmt: skip
         print(format_table(self.report), flush=True)
         print(f"spectral report written to {self.output_dir}", flush=True)
 
