@@ -1,7 +1,7 @@
 """``nequip-spectral-demo``: train the example backbone, probe it, print the spectrum.
 
 A thin wrapper over the two ``nequip-train`` calls the README spells out, on the bundled
-aspirin data, run from a clone of the repository (it reads ``example_configs/``)::
+aspirin data, from any directory (the example configs ship with the package)::
 
     nequip-train -cp example_configs -cn aspirin_backbone.yaml hydra.run.dir=OUT/backbone
     nequip-train -cp example_configs -cn aspirin_probe.yaml hydra.run.dir=OUT/probe \\
@@ -14,11 +14,12 @@ import os
 import subprocess
 import sys
 import time
+from importlib.resources import files
 from pathlib import Path
 
 from ..data.aspirin import BUNDLED_ASPIRIN
 
-CONFIGS = Path(__file__).resolve().parents[2] / "example_configs"
+CONFIGS = Path(str(files("nequip_spectral") / "example_configs"))  # (example_configs/ in a clone)
 
 
 def _stage(title: str, command: list) -> None:
@@ -34,20 +35,25 @@ def _stage(title: str, command: list) -> None:
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
-    parser.add_argument("--output", type=Path, default=Path("runs") / f"demo-{stamp}")
-    parser.add_argument("--backbone-epochs", type=int, default=10)
-    parser.add_argument("--solver", choices=["closed_form", "sgd"], default="closed_form")
-    parser.add_argument("--probe-epochs", type=int, default=3, help="epochs of --solver sgd")
+    parser.add_argument("--output", type=Path, default=Path("runs") / f"demo-{stamp}",
+                        help="a new directory for both runs (default: runs/demo-TIME)")  # fmt: skip
+    parser.add_argument("--backbone-epochs", type=int, default=10,
+                        help="epochs of the example backbone (default: 10)")  # fmt: skip
+    parser.add_argument("--solver", choices=["closed_form", "sgd"], default="closed_form",
+                        help="how the heads are fitted (default: closed_form)")  # fmt: skip
+    parser.add_argument("--probe-epochs", type=int, default=3,
+                        help="epochs of --solver sgd (default: 3)")  # fmt: skip
     parser.add_argument(
         "--energy-only", action="store_true", help="the energy spectrum alone (no forces)"
     )
     parser.add_argument(
         "--force-directions", type=int, default=16,
-        help="closed form: force directions a frame (a quick sketch; 0: all components)",
+        help="closed form: force directions a frame (a quick sketch; 0: all components; "
+        "default: 16)",
     )  # fmt: skip
     args, overrides = parser.parse_known_args(argv)
     if not CONFIGS.is_dir():
-        sys.exit(f"{CONFIGS} not found: run the demo from a clone of the repository")
+        sys.exit(f"{CONFIGS} not found: the package was installed without its example configs")
     if args.output.exists():
         sys.exit(f"{args.output} exists; give a new --output")
     output = args.output.resolve()
