@@ -11,6 +11,8 @@ from nequip.data import register_fields
 MAX_PROBE_L: Final[int] = 24  # highest probed degree with registered fields
 
 MARKED_DIRECTION_KEY: Final[str] = "spectral_direction"  # (1, 3) | unit marked direction n
+# (num_atoms, 1) int64 | 1 for the frame's marked centers (spectral_probe.center_fraction)
+MARKED_CENTER_KEY: Final[str] = "spectral_center"
 
 
 def injected_energy_key(l: int) -> str:
@@ -25,7 +27,8 @@ def injected_forces_key(l: int) -> str:
 
 register_fields(
     graph_fields=[MARKED_DIRECTION_KEY] + [injected_energy_key(l) for l in range(MAX_PROBE_L + 1)],
-    node_fields=[injected_forces_key(l) for l in range(MAX_PROBE_L + 1)],
+    node_fields=[MARKED_CENTER_KEY] + [injected_forces_key(l) for l in range(MAX_PROBE_L + 1)],
+    long_fields=[MARKED_CENTER_KEY],
 )
 
 

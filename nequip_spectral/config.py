@@ -49,7 +49,7 @@ def _species(key: str, value) -> tuple[str, ...]:
 
 @dataclasses.dataclass(frozen=True)
 class SpectralProbeConfig:
-    """The ``spectral_probe:`` block of a NequIP config (see ``SPEC.md`` section 6).
+    r"""The ``spectral_probe:`` block of a NequIP config.
 
     .. code-block:: yaml
 
@@ -60,6 +60,7 @@ class SpectralProbeConfig:
         marked_direction: random
         centers: [C, O]
         neighbors: [H]
+        center_fraction: null
         cutoff: 4.0
         amplitude: 0.05
         target: residual
@@ -81,7 +82,12 @@ class SpectralProbeConfig:
           (the null control: the signal is injected along the ``random`` direction, the SPN
           reads an independent one)
         centers: species of the injection centers ``C``
-        neighbors: species of their neighbors ``N(i)``, disjoint from ``centers``
+        neighbors: species of their neighbors ``N(i)``, disjoint from ``centers`` unless
+          ``center_fraction`` is set
+        center_fraction: ``null`` (every atom of the ``centers`` species is a center), or a
+          fraction ``F`` in (0, 1), 0.5 recommended: the centers of each frame are then a
+          random subset of about ``F`` of its center-species atoms (see below), and
+          ``centers`` and ``neighbors`` may share species (one-element systems)
         cutoff: pair cutoff of the injected signal (at most the neighbor-list ``r_max``)
         amplitude: ``eps``, in energy units of the data
         target: ``residual`` (frozen model's error on perturbed labels) or ``injected``
@@ -96,7 +102,37 @@ class SpectralProbeConfig:
         force_directions: ``closed_form``: ``null`` fits every force component; a number
           ``S`` fits ``S`` random directions per frame instead (a sketch, for large systems)
         feature_tap: which backbone features the SPN reads (``auto``)
-        seed: seed of the marked directions and the SPN weights
+        seed: seed of the marked directions, the marked centers and the SPN weights
+
+    Why centers and neighbors must not overlap, and ``center_fraction``. A pair counted in
+    both directions, as :math:`(i, j)` and as :math:`(j, i)`, contributes
+    :math:`f_c(r) \sqrt{2l+1} [P_l(\hat n \cdot \hat r_{ij}) + P_l(-\hat n \cdot \hat r_{ij})]`
+    since :math:`\hat r_{ji} = -\hat r_{ij}` at the same distance, and
+    :math:`P_l(-x) = (-1)^l P_l(x)`: every odd-``l`` term cancels (even ``l`` doubles). With
+    disjoint species no pair is counted twice. In a one-element system (a metal, ``centers:
+    [Cu]``, ``neighbors: [Cu]``) that is impossible, so ``center_fraction`` marks a random
+    subset of the center-species atoms of each frame as the centers, and the sum runs over
+    pairs with :math:`i` marked and :math:`j` a neighbor-species atom that is not marked:
+
+    .. math::
+
+        s_l = \sum_{i \in M} \sum_{j \in N(i) \setminus M} f_c(r_{ij}) \sqrt{2l+1}
+            P_l(\hat n \cdot \hat r_{ij}),
+
+    so a pair counts in one direction at most (from its marked atom) and odd ``l`` survive.
+    Which fraction keeps the most odd-``l`` power: with a fraction ``F`` marked, an ordered
+    pair :math:`(i, j)` of center-species atoms counts when :math:`i` is marked and :math:`j`
+    is not, with probability :math:`F(1 - F)` (:math:`k(n-k) / n(n-1)` for exactly
+    :math:`k = F n` of :math:`n` marked), so the expected number of counted pairs, and with
+    it the odd-``l`` power (a sum of pair terms of either sign), is proportional to
+    :math:`F(1 - F)`, maximal at ``F = 1/2``: 0.5 is the recommended value. A frame marks
+    :math:`F n` (rounded) of its :math:`n` center-species atoms, at least one and, when
+    :math:`n \ge 2`, not all (so that some neighbors remain). The subset is drawn from a
+    seed hashed from ``seed`` and the frame's positions and species (as the ``random``
+    marked direction), so it is the same in every epoch, worker, rank and rerun, and it is
+    stored in the frame as the per-atom field ``spectral_center`` (1 for a marked center),
+    which ``readout: centers`` sums over. The injected forces hold the subset fixed, as
+    they hold the marked direction: the exact gradient of the signal of those centers.
     """
 
     backbones: tuple[str, ...] = ()
@@ -105,6 +141,7 @@ class SpectralProbeConfig:
     marked_direction: str = "random"
     centers: tuple[str, ...] = ("C", "O")
     neighbors: tuple[str, ...] = ("H",)
+    center_fraction: float | None = None
     cutoff: float = 4.0
     amplitude: float = 0.05
     target: str = "residual"
@@ -170,12 +207,24 @@ class SpectralProbeConfig:
 
         _species("centers", self.centers)
         _species("neighbors", self.neighbors)
+        fraction = self.center_fraction
+        if fraction is not None and (
+            not _is_number(fraction) or not math.isfinite(fraction) or not 0 < fraction < 1
+        ):
+            _fail(
+                "center_fraction",
+                f"must be null or a number strictly between 0 and 1 (0.5 recommended), "
+                f"got {fraction!r}",
+            )
         overlap = sorted(set(self.centers) & set(self.neighbors))
-        if overlap:
+        if overlap and fraction is None:
             _fail(
                 "neighbors",
                 f"{overlap} also appear in centers. Centers and neighbors must be disjoint: "
-                "a pair counted in both directions cancels every odd-l term of the signal.",
+                "a pair counted in both directions cancels every odd-l term of the signal. "
+                "For one-element systems set spectral_probe.center_fraction (0.5 "
+                "recommended): a random subset of the centers of each frame is marked and "
+                "the neighbors exclude it.",
             )
 
         for key in ("cutoff", "amplitude"):

@@ -1,13 +1,19 @@
 """``SpectralInjection``: the data transform that injects a signal of pure angular frequency."""
 
 import hashlib
+import math
 
 import ase.data
 import torch
 from nequip.data import AtomicDataDict, from_ase
 from nequip.nn.utils import with_edge_vectors_
 
-from .._keys import MARKED_DIRECTION_KEY, injected_energy_key, injected_forces_key
+from .._keys import (
+    MARKED_CENTER_KEY,
+    MARKED_DIRECTION_KEY,
+    injected_energy_key,
+    injected_forces_key,
+)
 from ..config import SpectralProbeConfig
 from ..theory import pair_signal
 
@@ -44,6 +50,12 @@ class SpectralInjection(torch.nn.Module):
     stores, for the SPN to read, a second direction drawn independently from the same seed:
     distributed as another frame's direction, unrelated to the injected one.
 
+    With ``spectral_probe.center_fraction`` (one-element systems) the centers :math:`C` are
+    a random subset of the center-species atoms of the frame, drawn from the same frame
+    hash (another stream) and stored as ``spectral_center`` (``(num_atoms, 1)``, 1 for a
+    marked center), and the neighbors :math:`N(i)` are the neighbor-species atoms that are
+    not marked (see :class:`~nequip_spectral.config.SpectralProbeConfig`).
+
     Args:
         probe: the ``spectral_probe:`` block
         r_max: the neighbor-list cutoff, checked against ``spectral_probe.cutoff``
@@ -65,15 +77,18 @@ class SpectralInjection(torch.nn.Module):
             )
         _check_finite(data)
         direction, read = self.marked_direction(data)
+        marked = self.marked_centers(data)
         numbers = data[AtomicDataDict.ATOMIC_NUMBERS_KEY].view(-1)
         edge_index = data[AtomicDataDict.EDGE_INDEX_KEY]
         edge_vectors = with_edge_vectors_(dict(data), with_lengths=False)[
             AtomicDataDict.EDGE_VECTORS_KEY
         ].to(torch.float64)
 
+        # a marked center is no neighbor: every pair counts in one direction at most
+        is_neighbor = torch.isin(numbers, torch.tensor(self.neighbor_numbers)) & ~marked
         is_pair = (
-            torch.isin(numbers[edge_index[0]], torch.tensor(self.center_numbers))
-            & torch.isin(numbers[edge_index[1]], torch.tensor(self.neighbor_numbers))
+            marked[edge_index[0]]
+            & is_neighbor[edge_index[1]]
             & (edge_vectors.norm(dim=-1) < self.probe.cutoff)
         )
         centers, neighbors = edge_index[:, is_pair]
@@ -90,7 +105,29 @@ class SpectralInjection(torch.nn.Module):
             data[injected_energy_key(l)] = energies[k].view(1, 1).to(dtype)
             data[injected_forces_key(l)] = forces[:, k].to(dtype)
         data[MARKED_DIRECTION_KEY] = read.view(1, 3).to(dtype)
+        if self.probe.center_fraction is not None:
+            data[MARKED_CENTER_KEY] = marked.view(-1, 1).to(torch.long)
         return data
+
+    def marked_centers(self, data: AtomicDataDict.Type) -> torch.Tensor:
+        """``(num_atoms,)`` bool: the frame's centers. Every center-species atom, or with
+        ``center_fraction`` ``F`` a random subset of ``F n`` (rounded) of the ``n`` of them,
+        at least one and, for ``n >= 2``, at most ``n - 1``, drawn from the frame's seed."""
+        numbers = data[AtomicDataDict.ATOMIC_NUMBERS_KEY].view(-1)
+        is_center = torch.isin(numbers, torch.tensor(self.center_numbers, device=numbers.device))
+        fraction = self.probe.center_fraction
+        if fraction is None:
+            return is_center
+        candidates = is_center.nonzero().view(-1)
+        n = len(candidates)
+        count = min(max(math.floor(fraction * n + 0.5), 1), max(n - 1, 1)) if n else 0
+        generator = torch.Generator().manual_seed(
+            _frame_seed(data, self.probe.seed, stream="centers")
+        )
+        chosen = candidates[torch.randperm(n, generator=generator)[:count].to(numbers.device)]
+        marked = torch.zeros_like(is_center)
+        marked[chosen] = True
+        return marked
 
     def marked_direction(self, data: AtomicDataDict.Type) -> tuple[torch.Tensor, torch.Tensor]:
         """The frame's unit marked direction ``n`` along which the signal is injected, and the
@@ -141,11 +178,16 @@ def frame_digest(positions: torch.Tensor, species: torch.Tensor, seed: int = 0) 
     return digest.digest()
 
 
-def _frame_seed(data: AtomicDataDict.Type, seed: int) -> int:
-    """A 64-bit seed from the probe seed and the frame's own positions and species."""
+def _frame_seed(data: AtomicDataDict.Type, seed: int, stream: str = "") -> int:
+    """A 64-bit seed from the probe seed and the frame's own positions and species.
+
+    ``stream`` names an independent draw from the same frame (hashed once more with it as
+    the personalization); ``""``: the marked direction's seed."""
     digest = frame_digest(
         data[AtomicDataDict.POSITIONS_KEY], data[AtomicDataDict.ATOMIC_NUMBERS_KEY], seed
     )
+    if stream:
+        digest = hashlib.blake2b(digest, digest_size=8, person=stream.encode()).digest()
     return int.from_bytes(digest, "little")
 
 

@@ -11,6 +11,7 @@ from nequip.nn import GraphModuleMixin, scatter
 from .._keys import (
     ENERGY_FIT,
     FORCE_FIT,
+    MARKED_CENTER_KEY,
     MARKED_DIRECTION_KEY,
     backbone_energy_key,
     backbone_forces_key,
@@ -152,7 +153,7 @@ class SpectralProbeModel(GraphModuleMixin, torch.nn.Module):
         for backbone in self._backbones:
             backbone_inputs.update(backbone.before_tap[0].irreps_in)
         self._init_irreps(
-            irreps_in={**backbone_inputs, MARKED_DIRECTION_KEY: "1o"},
+            irreps_in={**backbone_inputs, MARKED_DIRECTION_KEY: "1o", MARKED_CENTER_KEY: None},
             irreps_out=irreps_out,
         )
 
@@ -227,7 +228,9 @@ class SpectralProbeModel(GraphModuleMixin, torch.nn.Module):
         types = data[AtomicDataDict.ATOM_TYPE_KEY].view(-1)
         direction = data[MARKED_DIRECTION_KEY].to(dtype).view(-1, 3)[frames]
         readout = torch.ones(pos.shape[0], 1, dtype=dtype, device=pos.device)
-        if self.probe.readout == "centers":
+        if self.probe.readout == "centers" and self.probe.center_fraction is not None:
+            readout = data[MARKED_CENTER_KEY].to(dtype).view(-1, 1)  # the frame's own centers
+        elif self.probe.readout == "centers":
             readout = torch.isin(types, self.center_types).to(dtype).unsqueeze(-1)
         return ProbeBatch(data, pos, frames, types, AtomicDataDict.num_frames(data),
                           self.harmonics(direction), readout)  # fmt: skip

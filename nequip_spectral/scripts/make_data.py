@@ -2,7 +2,8 @@
 
 ``nequip-spectral-make-aspirin``: aspirin molecular dynamics with GFN2-xTB labels
 (:mod:`nequip_spectral.data.aspirin`). ``nequip-spectral-make-c5``: the synthetic 5-fold ring
-of the calibration (:mod:`nequip_spectral.data.c5`).
+of the calibration (:mod:`nequip_spectral.data.c5`). ``nequip-spectral-make-material``:
+periodic fcc metals and the Cu3Au alloy with EMT labels (:mod:`nequip_spectral.data.materials`).
 """
 
 import argparse
@@ -10,11 +11,22 @@ import time
 from pathlib import Path
 
 
+class _DefaultsShown(argparse.ArgumentDefaultsHelpFormatter):
+    """``--help`` shows every optional flag's default (a required flag has none)."""
+
+    def _get_help_string(self, action):
+        if action.required:
+            return action.help
+        return super()._get_help_string(action)
+
+
 def _parser(description: str, frames: int) -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=description)
-    parser.add_argument("--frames", type=int, default=frames)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--output", type=Path, required=True)
+    parser = argparse.ArgumentParser(description=description, formatter_class=_DefaultsShown)
+    parser.add_argument("--frames", type=int, default=frames, help="frames to write")
+    parser.add_argument("--seed", type=int, default=0, help="random seed (same seed, same file)")
+    parser.add_argument(
+        "--output", type=Path, required=True, help="extxyz file to write (not an existing one)"
+    )
     return parser
 
 
@@ -55,3 +67,36 @@ def make_c5(argv=None) -> None:
     args = parser.parse_args(argv)
     _write(parser, args, lambda: generate_c5(args.frames, args.seed, args.radial,
                                              args.out_of_plane, args.stretch))  # fmt: skip
+
+
+def make_material(argv=None) -> None:
+    from ..data.materials import MATERIALS, generate_material
+
+    parser = _parser(
+        "Write a periodic metal or alloy MD dataset with EMT labels (extxyz): Langevin "
+        "dynamics of a supercell of the 4-atom cubic cell, energies (eV), forces (eV/A), cell "
+        "and pbc.",
+        1000,
+    )
+    parser.add_argument("--material", choices=MATERIALS, default="Cu3Au",
+                        help="an fcc metal of EMT, or the L1_2 alloy Cu3Au")  # fmt: skip
+    parser.add_argument("--size", type=int, nargs="+", default=3, metavar="N",
+                        help="repeats of the 4-atom cubic cell: N, or NX NY NZ")  # fmt: skip
+    parser.add_argument("--temperature", type=float, default=500.0, help="thermostat, K")
+    parser.add_argument("--timestep", type=float, default=2.0, help="MD step, fs")
+    parser.add_argument("--stride", type=int, default=10, help="MD steps between frames")
+    parser.add_argument("--equilibration", type=int, default=500,
+                        help="MD steps before the first frame")  # fmt: skip
+    parser.add_argument("--friction", type=float, default=0.01, help="Langevin friction, 1/fs")
+    args = parser.parse_args(argv)
+    size = [args.size] if isinstance(args.size, int) else args.size
+    if len(size) not in (1, 3) or min(size) < 1:
+        parser.error(f"--size takes one or three positive integers, got {size}")
+    if min(args.frames, args.stride) < 1 or args.equilibration < 0:
+        parser.error("--frames and --stride must be positive, --equilibration >= 0")
+    size = tuple(size * (3 // len(size)))  # N -> (N, N, N)
+    _write(parser, args, lambda: generate_material(
+        args.material, args.frames, size=size, seed=args.seed, temperature_K=args.temperature,
+        timestep_fs=args.timestep, stride=args.stride, equilibration_steps=args.equilibration,
+        friction_per_fs=args.friction,
+    ))  # fmt: skip

@@ -9,6 +9,7 @@ def test_defaults_and_dictconfig():
     probe = SpectralProbeConfig.from_block(block)
     assert probe.l_values == (0, 3, 5) and probe.degree == 3
     assert probe.centers == ("C", "O") and probe.neighbors == ("H",)
+    assert probe.center_fraction is None
     assert probe.direction_field is None
     assert SpectralProbeConfig.from_block({"marked_direction": "field:efield"}).direction_field == (
         "efield"
@@ -40,6 +41,13 @@ def test_defaults_and_dictconfig():
         ("force_spectrum", "yes", "true or false"),
         ("feature_budget", 0, "positive integer"),
         ("force_directions", 0, "null (all) or positive"),
+        ("center_fraction", 0, "strictly between 0 and 1"),
+        ("center_fraction", 1, "strictly between 0 and 1"),
+        ("center_fraction", 1.5, "strictly between 0 and 1"),
+        ("center_fraction", -0.2, "strictly between 0 and 1"),
+        ("center_fraction", float("nan"), "strictly between 0 and 1"),
+        ("center_fraction", "half", "strictly between 0 and 1"),
+        ("center_fraction", True, "strictly between 0 and 1"),
     ],
 )
 def test_bad_values_name_the_key(key, value, message):
@@ -66,3 +74,14 @@ def test_a_gated_head_needs_gradient_descent():
     with pytest.raises(SpectralProbeError, match=r"spectral_probe\.activation: 'gate' needs"):
         SpectralProbeConfig.from_block({"activation": "gate"})
     assert SpectralProbeConfig.from_block({"activation": "gate", "solver": "sgd"}).solver == "sgd"
+
+
+def test_shared_species_need_center_fraction():
+    """Centers and neighbors of one species: refused with a message naming
+    ``spectral_probe.center_fraction``, accepted with it."""
+    block = {"centers": ["Cu"], "neighbors": ["Cu", "Au"]}
+    with pytest.raises(SpectralProbeError, match=r"spectral_probe\.neighbors: \['Cu'\]") as error:
+        SpectralProbeConfig.from_block(block)
+    assert "spectral_probe.center_fraction" in str(error.value)
+    probe = SpectralProbeConfig.from_block({**block, "center_fraction": 0.5})
+    assert probe.center_fraction == 0.5 and probe.neighbors == ("Cu", "Au")

@@ -1,0 +1,220 @@
+"""One-element systems: ``spectral_probe.center_fraction`` marks a random subset of centers."""
+
+import types
+
+import numpy as np
+import pytest
+import torch
+from e3nn import o3
+from nequip.data import AtomicDataDict, from_ase
+from nequip.data.transforms import ChemicalSpeciesToAtomTypeMapper, NeighborListTransform
+
+from nequip_spectral._keys import (
+    MARKED_CENTER_KEY,
+    injected_energy_key,
+    injected_forces_key,
+)
+from nequip_spectral.config import SpectralProbeConfig, SpectralProbeError
+from nequip_spectral.data import SpectralInjection, frames_from_ase, generate_material
+from nequip_spectral.nn.probe import FrozenBackbone, SpectralProbeModel
+
+L_ALL = list(range(6))
+ODD = [1, 3, 5]
+FIELD = "test_direction"
+N_HAT = np.array([0.48, -0.36, 0.8])  # unit
+CUTOFF, R_MAX, AMPLITUDE = 4.0, 4.5, 0.07
+PROBE = {"l_values": L_ALL, "centers": ["Cu"], "neighbors": ["Cu"], "center_fraction": 0.5,
+         "cutoff": CUTOFF, "amplitude": AMPLITUDE}  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def copper():
+    """Three thermal frames of an 8-atom fcc Cu cell (two cubic cells), EMT at 500 K."""
+    return generate_material("Cu", 3, size=(2, 1, 1), seed=0, equilibration_steps=20, stride=5)
+
+
+def inject(atoms, injection=None, direction=None):
+    """Neighbor list and injection of one frame (the marked direction a field if given)."""
+    data = from_ase(atoms)
+    if direction is not None:
+        data[FIELD] = torch.as_tensor(direction, dtype=torch.float64).view(1, 3)
+    data = NeighborListTransform(r_max=R_MAX)(data)
+    if injection is None:
+        probe = PROBE if direction is None else {**PROBE, "marked_direction": f"field:{FIELD}"}
+        injection = SpectralInjection(probe, r_max=R_MAX)
+    return injection(data)
+
+
+def energies(data):
+    return torch.cat([data[injected_energy_key(l)].view(1) for l in L_ALL])
+
+
+def forces(data):
+    return torch.stack([data[injected_forces_key(l)] for l in L_ALL])
+
+
+def marked(data):
+    return data[MARKED_CENTER_KEY].view(-1).bool()
+
+
+def test_odd_l_survive_with_a_marked_half(copper):
+    """A one-element cell, centers and neighbors both Cu: every odd l is nonzero, while the
+    same cell with every Cu a center and a neighbor (each pair counted both ways) has none.
+
+    Mutation tried: ``center_fraction`` ignored by the injection (every Cu a center and a
+    neighbor) (fails).
+    """
+    for atoms in copper:
+        data = inject(atoms)
+        assert marked(data).sum() == 4
+        assert (energies(data)[ODD].abs() > 1e-4).all(), energies(data)
+        assert (forces(data)[ODD].abs().amax(dim=(1, 2)) > 1e-3).all()
+    # what center_fraction avoids: every Cu a center and a neighbor, odd l cancel exactly
+    values = _signal_by_hand(copper[0], np.ones(8, bool), np.ones(8, bool))
+    assert np.allclose(values[ODD], 0, atol=1e-12) and (np.abs(values[0::2]) > 1e-3).all()
+
+
+def _signal_by_hand(atoms, centers, neighbors):
+    """eps * s_l, summed over every center, every neighbor atom other than itself and all
+    their periodic images inside the cutoff (N_HAT the marked direction)."""
+    cell = atoms.cell.array
+    shifts = np.array(np.meshgrid(*[range(-4, 5)] * 3, indexing="ij")).reshape(3, -1).T
+    total = np.zeros(len(L_ALL))
+    for i in np.flatnonzero(centers):
+        for j in np.flatnonzero(neighbors):
+            vectors = atoms.positions[j] + shifts @ cell - atoms.positions[i]
+            r = np.linalg.norm(vectors, axis=1)
+            keep = (r < CUTOFF) & (r > 1e-8)  # not the atom itself
+            u, x = r[keep] / CUTOFF, vectors[keep] @ N_HAT / r[keep]
+            f = 1 - 28 * u**6 + 48 * u**7 - 21 * u**8
+            for k, l in enumerate(L_ALL):
+                P = np.polynomial.legendre.Legendre.basis(l)
+                total[k] += np.sqrt(2 * l + 1) * (f * P(x)).sum()
+    return AMPLITUDE * total
+
+
+def test_signal_is_the_sum_over_marked_centers_and_unmarked_neighbors(copper):
+    """The injected energy equals the sum written out by hand over pairs (i marked, j not
+    marked), every periodic image, for even and odd l.
+
+    Mutation tried: marked centers kept among the neighbors (``& ~marked`` dropped): the
+    marked-marked pairs then count both ways (fails).
+    """
+    for atoms in copper[:2]:
+        data = inject(atoms, direction=N_HAT)
+        mask = marked(data).numpy()
+        expected = _signal_by_hand(atoms, mask, ~mask)
+        np.testing.assert_allclose(energies(data).numpy(), expected, rtol=1e-10)
+
+
+def test_forces_equal_finite_differences_with_the_subset_held(copper):
+    """Every atom, every axis, float64 central differences, the marked subset held fixed (as
+    the marked direction is: both are drawn from the frame's positions).
+
+    Mutation tried: the marked centers' reaction dropped (only ``d s / d r_j``) (fails).
+    """
+    atoms = copper[0]
+    probe = {**PROBE, "marked_direction": f"field:{FIELD}"}
+    reference = inject(atoms, direction=N_HAT)
+    subset = marked(reference)
+    injection = SpectralInjection(probe, r_max=R_MAX)
+    injection.marked_centers = lambda data: subset
+    analytic = forces(inject(atoms, injection, N_HAT))
+    assert torch.equal(analytic, forces(reference))
+    h = 1e-5
+    for atom in range(len(atoms)):
+        for axis in range(3):
+            plus, minus = atoms.copy(), atoms.copy()
+            plus.positions[atom, axis] += h
+            minus.positions[atom, axis] -= h
+            numeric = -(
+                energies(inject(plus, injection, N_HAT)) - energies(inject(minus, injection, N_HAT))
+            ) / (2 * h)
+            assert torch.allclose(
+                analytic[:, atom, axis], numeric, rtol=1e-6, atol=1e-6 * analytic.abs().max()
+            ), (atom, axis)
+
+
+def test_subset_is_seeded_by_the_frame_and_stored(copper):
+    """The marked subset: a registered (num_atoms, 1) field, the same on every call (a new
+    transform, a new frame: another epoch, worker, rank or rerun), another for another frame
+    or another probe seed.
+
+    Mutation tried: the subset from an unseeded generator (``torch.randperm(n)``) (fails).
+    """
+    first = [inject(atoms) for atoms in copper]
+    again = [inject(atoms) for atoms in copper]
+    for a, b in zip(first, again, strict=True):
+        field = a[MARKED_CENTER_KEY]
+        assert field.shape == (8, 1) and field.dtype == torch.long
+        assert set(field.view(-1).tolist()) == {0, 1}
+        assert torch.equal(field, b[MARKED_CENTER_KEY])
+        assert torch.equal(energies(a), energies(b))
+    subsets = {tuple(marked(data).tolist()) for data in first}
+    assert len(subsets) == len(copper)  # different positions, different subsets
+    reseeded = inject(copper[0], SpectralInjection({**PROBE, "seed": 1}, r_max=R_MAX))
+    assert not torch.equal(marked(reseeded), marked(first[0]))
+    # registered: batching concatenates it as a per-atom field
+    batch = AtomicDataDict.batched_from_list(first)
+    assert torch.equal(batch[MARKED_CENTER_KEY], torch.cat([d[MARKED_CENTER_KEY] for d in first]))
+    # without center_fraction nothing is stored: the data of existing runs is unchanged
+    atoms = copper[0].copy()
+    atoms.symbols[7] = "H"
+    plain = SpectralInjection({"centers": ["Cu"], "neighbors": ["H"]})
+    assert MARKED_CENTER_KEY not in inject(atoms, plain)
+
+
+@pytest.mark.parametrize("fraction, expected", [(0.5, 4), (0.01, 1), (0.99, 7), (0.3, 2)])
+def test_marked_count_at_least_one_and_not_all(copper, fraction, expected):
+    """``F n`` rounded, at least one, at most ``n - 1`` (some neighbors remain)."""
+    injection = SpectralInjection({**PROBE, "center_fraction": fraction})
+    assert marked(inject(copper[0], injection)).sum() == expected
+
+
+def test_overlapping_species_need_center_fraction():
+    """Overlapping centers and neighbors without ``center_fraction``: an error that names the
+    key; with it, accepted."""
+    block = {"centers": ["Cu"], "neighbors": ["Cu"]}
+    with pytest.raises(SpectralProbeError, match=r"spectral_probe\.neighbors:") as error:
+        SpectralInjection(block)
+    assert "spectral_probe.center_fraction" in str(error.value)
+    assert "disjoint" in str(error.value)
+    assert SpectralProbeConfig.from_block({**block, "center_fraction": 0.5}).center_fraction == 0.5
+
+
+def stub_probe_model(probe, type_names):
+    """A probe model on a stub backbone: enough for ``read()``, which reads no backbone."""
+    first = types.SimpleNamespace(irreps_in={AtomicDataDict.POSITIONS_KEY: "1o"})
+    backbone = FrozenBackbone(path="stub", model=torch.nn.Identity(), before_tap=(first,),
+                              from_tap=(), irreps=o3.Irreps("2x0e+2x1o"))  # fmt: skip
+    return SpectralProbeModel([backbone], probe, type_names)
+
+
+def test_readout_over_the_marked_centers_only(copper):
+    """``readout: centers`` with ``center_fraction``: ``SpectralProbeModel.read()`` (a real
+    probe model, its backbone a stub) sums over each frame's marked centers, not over every
+    Cu; without ``center_fraction`` over every atom of the center species.
+
+    Mutation tried: ``center_fraction`` ignored in the readout (every Cu) (fails).
+    """
+    mapper = ChemicalSpeciesToAtomTypeMapper(
+        model_type_names=["Cu"], chemical_species_to_atom_type_map={"Cu": "Cu"}
+    )
+    probe = {**PROBE, "readout": "centers"}
+    transforms = [mapper, NeighborListTransform(r_max=R_MAX), SpectralInjection(probe)]
+    batch = AtomicDataDict.batched_from_list(frames_from_ase(copper, transforms))
+    readout = stub_probe_model(probe, ["Cu"]).read(batch, torch.float64).readout
+    assert readout.shape == (24, 1) and readout.dtype == torch.float64
+    assert torch.equal(readout, batch[MARKED_CENTER_KEY].to(torch.float64))
+    assert readout.view(3, 8).sum(1).tolist() == [4.0, 4.0, 4.0]
+
+    alloy = {**probe, "centers": ["Au"], "neighbors": ["Cu"], "center_fraction": None}
+    mapper = ChemicalSpeciesToAtomTypeMapper(
+        model_type_names=["Au", "Cu"], chemical_species_to_atom_type_map={"Au": "Au", "Cu": "Cu"}
+    )
+    atoms = copper[0].copy()
+    atoms.symbols[[0, 5]] = "Au"
+    transforms = [mapper, NeighborListTransform(r_max=R_MAX), SpectralInjection(alloy)]
+    batch = AtomicDataDict.batched_from_list(frames_from_ase([atoms], transforms))
+    readout = stub_probe_model(alloy, ["Au", "Cu"]).read(batch, torch.float64).readout
+    assert readout.view(-1).tolist() == [1.0, 0, 0, 0, 0, 1.0, 0, 0]
