@@ -4,7 +4,7 @@ The injected signal of every probed degree ``l`` has its own pair of fields, so 
 batching, metrics and loss handle each ``l`` like any other label.
 """
 
-from typing import Final
+from typing import Final, NamedTuple
 
 from nequip.data import register_fields
 
@@ -25,9 +25,23 @@ def injected_forces_key(l: int) -> str:
     return f"spectral_forces_l{l}"
 
 
+def null_energy_key(l: int) -> str:
+    """``(1, 1)`` graph field: ``eps * s_l`` along the frame's null direction, one drawn
+    independently of the marked one (what the null heads are fitted to)."""
+    return f"spectral_null_energy_l{l}"
+
+
+def null_forces_key(l: int) -> str:
+    """``(num_atoms, 3)`` node field: ``-eps * grad s_l`` along the null direction."""
+    return f"spectral_null_forces_l{l}"
+
+
+_PROBED = range(MAX_PROBE_L + 1)
 register_fields(
-    graph_fields=[MARKED_DIRECTION_KEY] + [injected_energy_key(l) for l in range(MAX_PROBE_L + 1)],
-    node_fields=[MARKED_CENTER_KEY] + [injected_forces_key(l) for l in range(MAX_PROBE_L + 1)],
+    graph_fields=[MARKED_DIRECTION_KEY]
+    + [key(l) for key in (injected_energy_key, null_energy_key) for l in _PROBED],
+    node_fields=[MARKED_CENTER_KEY]
+    + [key(l) for key in (injected_forces_key, null_forces_key) for l in _PROBED],
     long_fields=[MARKED_CENTER_KEY],
 )
 
@@ -43,9 +57,20 @@ FORCE_FIT: Final[str] = "f"
 SPECTRUM_FIT: Final[dict] = {"energy": ENERGY_FIT, "forces": FORCE_FIT}  # kind -> its heads
 
 
-def head_name(l: int | None, fit: str) -> str:
-    """``e_l4``: head ``l = 4`` of the set ``fit``; ``l = None``: the control head."""
-    return f"{fit}_{CONTROL_HEAD if l is None else f'l{l}'}"
+class Null(NamedTuple):
+    """The null head of degree ``l``: fitted to the signal injected along the frame's null
+    direction while it reads the marked one, so nothing is there to recover. Its reading is
+    the floor that chance alone reaches at ``l``."""
+
+    l: int
+
+
+def head_name(l: "int | Null | None", fit: str) -> str:
+    """``e_l4``: head ``l = 4`` of the set ``fit``; ``e_null4``: its null head; ``l = None``:
+    the control head."""
+    if l is None:
+        return f"{fit}_{CONTROL_HEAD}"
+    return f"{fit}_null{l.l}" if isinstance(l, Null) else f"{fit}_l{l}"
 
 
 def backbone_energy_key(b: int) -> str:  # (num_frames, 1) | frozen backbone energy B(x)

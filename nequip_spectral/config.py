@@ -13,7 +13,7 @@ from typing import Any
 
 import ase.data
 
-from ._keys import MAX_PROBE_L
+from ._keys import MAX_PROBE_L, Null
 
 
 class SpectralProbeError(ValueError):
@@ -259,6 +259,14 @@ class SpectralProbeConfig:
             _fail("feature_tap", f"must be 'auto' or a module name, got {self.feature_tap!r}")
         if not _is_int(self.seed):
             _fail("seed", f"must be an integer, got {self.seed!r}")
+
+    @property
+    def heads(self) -> list:
+        """Every head of a set, in order: one per probed ``l``, with the closed form a
+        :class:`~nequip_spectral._keys.Null` head per ``l`` too (one more right-hand side of
+        the same normal equations), and the control head (``None``) last."""
+        nulls = [Null(l) for l in self.l_values] if self.solver == "closed_form" else []
+        return [*self.l_values, *nulls, None]
 
     @property
     def direction_field(self) -> str | None:

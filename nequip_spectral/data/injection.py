@@ -13,6 +13,8 @@ from .._keys import (
     MARKED_DIRECTION_KEY,
     injected_energy_key,
     injected_forces_key,
+    null_energy_key,
+    null_forces_key,
 )
 from ..config import SpectralProbeConfig
 from ..theory import pair_signal
@@ -29,8 +31,11 @@ class SpectralInjection(torch.nn.Module):
         s_l = \sum_{i \in C} \sum_{j \in N(i)} f_c(r_{ij}) \sqrt{2l+1}
             P_l(\hat n \cdot \hat r_{ij}),
 
-    and the marked direction :math:`\hat n` as ``spectral_direction``. Energies and forces
-    are left untouched. Pairs come from the frame's neighbor list (periodic images
+    and the marked direction :math:`\hat n` as ``spectral_direction``. With the closed form,
+    also ``spectral_null_energy_l{l}`` and ``spectral_null_forces_l{l}``: the same signal
+    along the frame's null direction, drawn independently of :math:`\hat n`, which the null
+    heads are fitted to (one more right-hand side each). Energies and forces are left
+    untouched. Pairs come from the frame's neighbor list (periodic images
     included), so the transform goes after ``NeighborListTransform``:
 
     .. code-block:: yaml
@@ -92,18 +97,23 @@ class SpectralInjection(torch.nn.Module):
             & (edge_vectors.norm(dim=-1) < self.probe.cutoff)
         )
         centers, neighbors = edge_index[:, is_pair]
-        values, gradients = pair_signal(
-            edge_vectors[is_pair], direction, self.probe.l_values, self.probe.cutoff
-        )
-        # r_ij = r_j - r_i: d s / d r_j = +gradient, d s / d r_i = -gradient
-        grad_pos = torch.zeros(len(numbers), *gradients.shape[1:], dtype=torch.float64)
-        grad_pos.index_add_(0, neighbors, gradients).index_add_(0, centers, -gradients)
+        dtype = data[AtomicDataDict.POSITIONS_KEY].dtype
 
-        eps, dtype = self.probe.amplitude, data[AtomicDataDict.POSITIONS_KEY].dtype
-        energies, forces = eps * values.sum(0), -eps * grad_pos
-        for k, l in enumerate(self.probe.l_values):
-            data[injected_energy_key(l)] = energies[k].view(1, 1).to(dtype)
-            data[injected_forces_key(l)] = forces[:, k].to(dtype)
+        def inject(along, energy_key, forces_key):  # eps s_l and -eps grad s_l, every l
+            values, gradients = pair_signal(
+                edge_vectors[is_pair], along, self.probe.l_values, self.probe.cutoff
+            )
+            # r_ij = r_j - r_i: d s / d r_j = +gradient, d s / d r_i = -gradient
+            grad_pos = torch.zeros(len(numbers), *gradients.shape[1:], dtype=torch.float64)
+            grad_pos.index_add_(0, neighbors, gradients).index_add_(0, centers, -gradients)
+            energies, forces = values.sum(0), -grad_pos
+            for k, l in enumerate(self.probe.l_values):
+                data[energy_key(l)] = (self.probe.amplitude * energies[k]).view(1, 1).to(dtype)
+                data[forces_key(l)] = (self.probe.amplitude * forces[:, k]).to(dtype)
+
+        inject(direction, injected_energy_key, injected_forces_key)
+        if self.probe.solver == "closed_form":  # the null heads' signal
+            inject(self.null_direction(data), null_energy_key, null_forces_key)
         data[MARKED_DIRECTION_KEY] = read.view(1, 3).to(dtype)
         if self.probe.center_fraction is not None:
             data[MARKED_CENTER_KEY] = marked.view(-1, 1).to(torch.long)
@@ -128,6 +138,15 @@ class SpectralInjection(torch.nn.Module):
         marked = torch.zeros_like(is_center)
         marked[chosen] = True
         return marked
+
+    def null_direction(self, data: AtomicDataDict.Type) -> torch.Tensor:
+        """``(3,)`` float64: the frame's null direction, uniform on the sphere and independent
+        of the marked one (another stream of the frame's seed)."""
+        generator = torch.Generator().manual_seed(
+            _frame_seed(data, self.probe.seed, stream="null")
+        )
+        direction = torch.randn(3, dtype=torch.float64, generator=generator)
+        return direction / direction.norm()
 
     def marked_direction(self, data: AtomicDataDict.Type) -> tuple[torch.Tensor, torch.Tensor]:
         """The frame's unit marked direction ``n`` along which the signal is injected, and the

@@ -113,7 +113,7 @@ class SpectralProbeModel(GraphModuleMixin, torch.nn.Module):
         self._cache = FrameCache()  # the backbones' per-frame outputs, on the CPU
         self.irreps = [backbone.irreps for backbone in backbones]
         self.fits = (ENERGY_FIT, FORCE_FIT) if self.probe.force_spectrum else (ENERGY_FIT,)
-        self.targets = [*self.probe.l_values, None]  # the heads of a set, control last
+        self.targets = self.probe.heads  # the heads of a set, control last
         self.heads = torch.nn.ModuleDict(
             {fit: torch.nn.ModuleList(map(self._heads, self.irreps)) for fit in self.fits}
         )

@@ -8,7 +8,13 @@ import numpy as np
 from ..config import SpectralProbeConfig
 from ..targets import KINDS
 from ..theory.bootstrap import choose_block_length, lag1_autocorrelation, summarize
-from ..theory.metrics import READINGS, bootstrap_spectrum, frame_contrast, spectrum
+from ..theory.metrics import (
+    READINGS,
+    bootstrap_spectrum,
+    frame_contrast,
+    null_floor,
+    spectrum,
+)
 from .frames import FrameSums
 
 METRICS = ("rho", "R2_inj", "gain", "rho_recovered", "rho_chance")
@@ -58,6 +64,9 @@ def build_report(
         for k, kind in enumerate(kinds)
     }
 
+    num_l = len(probe.l_values)
+    with_null = head.shape[-2] == 2 * num_l  # a null head per l (closed form)
+
     def per_l(values_of):  # {"4": {"rho": .., "R2_inj_forces": .., ...}}
         table = {}
         for i, l in enumerate(probe.l_values):
@@ -67,6 +76,9 @@ def build_report(
                     row[f"{metric}_{kind}"] = (
                         _finite(values_of(metric, kind)[i]) if kind in per_kind else None
                     )
+            for metric in READINGS if with_null else ():  # the null head's, at num_l + i
+                for kind in kinds:
+                    row[f"null_{metric}_{kind}"] = _finite(values_of(metric, kind)[num_l + i])
             table[str(l)] = row
         return table
 
@@ -86,6 +98,15 @@ def build_report(
         "channels": probe.channels,
         "activation": probe.activation,
         "head_parameters": context["head_parameters"],
+        "null_heads": with_null,
+        # where 95% of readings with nothing to recover fall, from the null head of every l
+        "null_floor": {
+            f"{metric}_{kind}": null_floor(per_kind[kind][metric][:, num_l:].mean(0))
+            for metric in ("rho", "rho_recovered")
+            for kind in kinds
+        }
+        if with_null
+        else None,
         "per_l": per_l(lambda m, kind: per_kind[kind][m].mean(0)),
         "per_l_std": per_l(lambda m, kind: per_kind[kind][m].std(0)),
         "per_backbone": [
@@ -133,6 +154,9 @@ def build_report(
         for k, kind in enumerate(kinds):
             for metric in READINGS:
                 row[f"{metric}_{kind}_ci95"] = summarize(replicates[metric][:, k, i])["ci95"]
+                if with_null:
+                    null = replicates[metric][:, k, num_l + i]
+                    row[f"null_{metric}_{kind}_ci95"] = summarize(null)["ci95"]
         row["rho_ci95"] = row[f"rho_{primary}_ci95"]
     report["delta"] = summarize(replicates["delta"][:, 0])
     report["rho_diff"] = summarize(replicates["rho_diff"][:, 0])

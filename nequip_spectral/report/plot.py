@@ -1,4 +1,5 @@
-"""The spectrum's picture: rho and R2_inj per ``l`` with the predicted ceiling."""
+"""The spectrum's picture: the recovered reading and R2_inj per ``l``, the null floor shaded,
+the predicted ceiling marked."""
 
 import numpy as np
 
@@ -8,8 +9,10 @@ _Y_RANGE = (-1.0, 1.5)  # the plot's axes; values beyond are drawn on the edge
 
 
 def plot_spectrum(report: dict, path) -> None:
-    """rho and R2_inj per ``l`` (forces and energies, mean over backbones with the bootstrap's
-    95% interval) with the predicted ceiling marked.
+    """The recovered reading (``rho_recovered``: rho without its chance part, the calibrated
+    reading: chance alone does not raise it) and R2_inj per ``l`` (forces and energies, mean
+    over backbones with the bootstrap's 95% interval), each with its null floor shaded (where a
+    reading with nothing to recover falls 95% of the time) and the predicted ceiling marked.
 
     The axes show ``[-1, 1.5]``; a value beyond is drawn on the edge with an open marker.
     """
@@ -20,9 +23,9 @@ def plot_spectrum(report: dict, path) -> None:
 
     ls = [int(l) for l in report["per_l"]]
     fig, axes = plt.subplots(1, 2, figsize=(10, 4), sharex=True)
-    for ax, metric, title in zip(
-        axes, ("rho", "R2_inj"), ("rho: injected power recovered", "R2_inj"), strict=True
-    ):
+    titles = {"rho_recovered": "injected power recovered (rho less its chance part)",
+              "R2_inj": "R2_inj"}  # fmt: skip
+    for ax, (metric, title) in zip(axes, titles.items(), strict=True):
         for kind, marker in (("forces", "o"), ("energy", "s")):
             key = f"{metric}_{kind}"
             mean = [np.nan if (v := report["per_l"][str(l)][key]) is None else v for l in ls]
@@ -37,6 +40,10 @@ def plot_spectrum(report: dict, path) -> None:
                 err = np.nan_to_num([shown - low, high - shown]).clip(min=0)
             label = f"{kind.replace('forces', 'force')} spectrum"
             line = ax.errorbar(ls, shown, yerr=err, marker=marker, capsize=3, label=label)
+            floor = (report.get("null_floor") or {}).get(key) or [None, None]
+            if None not in floor:
+                ax.axhspan(*np.clip(floor, *_Y_RANGE), color=line[0].get_color(), alpha=0.15,
+                           label=f"{label}: null floor")  # fmt: skip
             outside = np.isfinite(mean) & (shown != np.asarray(mean))
             ax.scatter(
                 np.asarray(ls)[outside], shown[outside], s=90, marker=marker,

@@ -16,7 +16,8 @@ def batch_frame_sums(outputs, data, probe: SpectralProbeConfig, num_backbones: i
     from the ``f`` heads.
 
     Returns:
-        ``head`` of shape ``(backbones, frames, kinds, l_values, 6)`` and ``control`` of shape
+        ``head`` of shape ``(backbones, frames, kinds, heads, 6)`` (the heads of
+        ``probe.heads`` but the control: each ``l``, then the null heads) and ``control`` of shape
         ``(backbones, frames, kinds, 3)``, kinds in the order of ``kinds``
     """
     num_frames = AtomicDataDict.num_frames(data)
@@ -48,11 +49,11 @@ def batch_frame_sums(outputs, data, probe: SpectralProbeConfig, num_backbones: i
                             head_target(outputs, data, b, l, kind, probe.target),
                             outputs[FIELDS[kind].head(b, head_name(l, fit))].detach(),
                             control_output,
-                            data[FIELDS[kind].injected(l)],
+                            data[FIELDS[kind].signal(l)],
                             frame_of[kind],
                             num_frames,
                         )
-                        for l in probe.l_values
+                        for l in probe.heads[:-1]  # every head but the control
                     ],
                     dim=1,
                 )

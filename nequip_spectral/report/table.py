@@ -10,18 +10,10 @@ def format_table(report: dict) -> str:
         f"l* = {report['boundary']}; {report['n_backbones']} backbone(s), "
         f"{report['n_test_frames']} test frames, target {report['target']}; "
         f"rho, cliff and contrasts on {report['primary']}",
-        f"{'l':>3} {'rho_F':>9} {'95% CI':>16} {'rec_F':>7} {'R2inj_F':>8} {'gain_F':>10} "
-        f"{'rho_E':>9} {'95% CI':>16} {'rec_E':>7} {'R2inj_E':>8} {'gain_E':>10}",
-    ]
-    chance_marked = False
-
-    def reading(row, kind):  # rho, marked * where its chance part outweighs the recovered one
-        nonlocal chance_marked
-        rho, chance = row[f"rho_{kind}"], row.get(f"rho_chance_{kind}")
-        recovered = row.get(f"rho_recovered_{kind}")
-        mark = chance is not None and recovered is not None and abs(chance) > abs(recovered)
-        chance_marked |= mark
-        return f"{cell(rho, 8)}{'*' if mark else ' '}"
+        f"{'l':>3}" + "".join(
+            f" {'rho_' + k:>9} {'95% CI':>16} {'rec_' + k:>7} {'null_' + k:>7} "
+            f"{'R2inj_' + k:>8}" for k in "FE"),
+    ]  # fmt: skip
 
     def cell(value, width=0, digits=3):
         return f"{'n/a':>{width}}" if value is None else f"{value:>{width}.{digits}f}"
@@ -31,13 +23,41 @@ def format_table(report: dict) -> str:
             return f"{'':>{width}}"
         return f"{f'[{cell(bounds[0], 0, digits)}, {cell(bounds[1], 0, digits)}]':>{width}}"
 
+    chance_marked = floor_marked = False
+
+    def reading(row, kind):  # rho, marked * where its chance part outweighs the recovered one
+        nonlocal chance_marked
+        rho, chance = row[f"rho_{kind}"], row.get(f"rho_chance_{kind}")
+        part = row.get(f"rho_recovered_{kind}")
+        mark = chance is not None and part is not None and abs(chance) > abs(part)
+        chance_marked |= mark
+        return f"{cell(rho, 8)}{'*' if mark else ' '}"
+
+    def recovered(row, kind):  # rec, marked ~ inside its null floor
+        nonlocal floor_marked
+        value = row.get(f"rho_recovered_{kind}")
+        floor = (report.get("null_floor") or {}).get(f"rho_recovered_{kind}") or [None, None]
+        mark = None not in (value, *floor) and floor[0] <= value <= floor[1]
+        floor_marked |= mark
+        return f"{cell(value, 6)}{'~' if mark else ' '}"
+
     for l, row in report["per_l"].items():
         mark = "  <- ceiling" if int(l) == report["boundary"] else ""
         lines.append(f"{l:>3}" + "".join(
             f" {reading(row, kind)} {interval(row.get(f'rho_{kind}_ci95'), 16)} "
-            f"{cell(row.get(f'rho_recovered_{kind}'), 7)} {cell(row[f'R2_inj_{kind}'], 8)} "
-            f"{cell(row[f'gain_{kind}'], 10, 6)}" for kind in ("forces", "energy")) + mark
+            f"{recovered(row, kind)} {cell(row.get(f'null_rho_recovered_{kind}'), 7)} "
+            f"{cell(row[f'R2_inj_{kind}'], 8)}" for kind in ("forces", "energy")) + mark
         )  # fmt: skip
+    if report.get("null_floor"):
+        floor = report["null_floor"]
+        lines.append(
+            "null floor (where 95% of readings with nothing to recover fall; from the null "
+            "heads, fitted to the signal along an unrelated direction): rec_F "
+            f"{interval(floor.get('rho_recovered_forces'))}, rec_E "
+            f"{interval(floor.get('rho_recovered_energy'))}"
+        )
+    if floor_marked:
+        lines.append("~ rec inside the null floor: not told apart from chance")
     if chance_marked:
         lines.append(
             "* rho's chance part (the backbone's error and the heads' fit to noise, against the "

@@ -70,3 +70,4 @@ def summarize(replicates: np.ndarray) -> dict:
         "ci95": [float(q) for q in np.percentile(finite, [2.5, 97.5])],
         "frac_le_0": float(np.mean(replicates <= 0)),
     }
+

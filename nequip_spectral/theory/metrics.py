@@ -166,3 +166,21 @@ def bootstrap_spectrum(
         "rho_a": rho[..., boundary_index],
         "rho_b": rho[..., above_index],
     }
+
+
+def null_floor(readings: np.ndarray) -> list:
+    """Where 95% of readings with nothing to recover fall: the prediction interval of one more
+    draw like ``readings`` (the null heads' readings, one per ``l``), mean +- t sd sqrt(1 + 1/n).
+
+    Each null head is a whole draw of chance (its own fit to noise and its own test frames),
+    which the bootstrap of test frames alone would miss; the readings are normalized per ``l``
+    (rho, rho_recovered), so the null heads of every ``l`` are draws of one chance reading.
+    """
+    from scipy.stats import t
+
+    finite = readings[np.isfinite(readings)]
+    if len(finite) < 2:
+        return [None, None]
+    n, mean = len(finite), float(finite.mean())
+    half = float(t.ppf(0.975, n - 1) * finite.std(ddof=1) * np.sqrt(1 + 1 / n))
+    return [mean - half, mean + half]

@@ -13,7 +13,7 @@ class SpectralHeadField(BaseModifier):
 
     Args:
         backbone: index of the backbone in ``spectral_probe.backbones``
-        l: the probed degree, or ``None`` for the control head
+        l: the probed degree, ``Null(l)`` for its null head, or ``None`` for the control head
         kind: ``forces`` or ``energy``
         target: ``residual`` or ``injected``
         fit: the head's set: ``e`` (fitted to energies) or ``f`` (energies and forces)
@@ -84,7 +84,7 @@ def SpectralProbeMetrics(
         coeffs.update({(FORCE_FIT, "energy"): energy_coeff, (FORCE_FIT, "forces"): forces_coeff})
     metrics = []
     for backbone in range(len(probe.backbones)):
-        for l in [*probe.l_values, None]:
+        for l in probe.heads:
             for (fit, kind), coeff in coeffs.items():
                 if coeff == 0:
                     continue

@@ -51,9 +51,10 @@ def tiny_spectrum() -> dict:
         head, control = batch_frame_sums(
             outputs, test, SpectralProbeConfig.from_block(PROBE), 1, KINDS
         )
-    totals = spectrum(head[0].sum(0).numpy(), control[0].sum(0).numpy())  # (kinds, l)
+    totals = spectrum(head[0].sum(0).numpy(), control[0].sum(0).numpy())  # (kinds, heads)
+    num_l = len(PROBE["l_values"])  # (the null heads come after)
     return {
-        kind: {metric: totals[metric][k].tolist() for metric in ("rho", "R2_inj")}
+        kind: {metric: totals[metric][k][:num_l].tolist() for metric in ("rho", "R2_inj")}
         for k, kind in enumerate(KINDS)
     }
 
