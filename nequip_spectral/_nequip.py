@@ -9,7 +9,7 @@ import contextlib
 
 import torch
 from lightning.pytorch.core import saving
-from nequip.model import ModelFromCheckpoint, ModelFromPackage
+from nequip.model.saved_models import load_saved_model
 from nequip.model.utils import fresh_model_builder_context
 
 
@@ -25,17 +25,15 @@ def checkpoints_restored_on_cpu():
         saving._default_map_location = default
 
 
-def load_graph_model(path: str) -> torch.nn.Module:
-    """The ``GraphModel`` of a ``.ckpt`` or ``.nequip.zip`` file, on the CPU.
+def load_graph_model(source: str) -> torch.nn.Module:
+    """The ``GraphModel`` of a ``.ckpt`` or ``.nequip.zip`` file or of a model ID
+    (``nequip.net:group/name:version``), on the CPU.
 
-    Loaded in a fresh model-builder context (it may run inside another model's builder), the
-    ``sole_model`` of the loaded ``ModuleDict`` taken out (packaged models' classes live in a
-    ``torch.package`` namespace: recognised by ``is_graph_model``, not ``isinstance``).
+    Loaded by NequIP's own loader (``load_saved_model``: its cache, its errors) in a fresh
+    model-builder context (it may run inside another model's builder).
     """
-    loader = ModelFromPackage if path.endswith(".nequip.zip") else ModelFromCheckpoint
     with fresh_model_builder_context(), checkpoints_restored_on_cpu():
-        loaded = loader(path)
-    model = loaded if hasattr(loaded, "is_graph_model") else loaded["sole_model"]
+        model = load_saved_model(source)
     return model.cpu()
 
 

@@ -15,6 +15,9 @@ import ase.data
 
 from ._keys import MAX_PROBE_L, Null
 
+MODEL_ID_PREFIX = "nequip.net:"  # a model NequIP fetches (and caches) by its ID
+COMPILED_MODELS = (".nequip.pt2", ".nequip.pth", ".pt2", ".pth")  # nequip-compile output
+
 
 class SpectralProbeError(ValueError):
     """A bad value in the ``spectral_probe:`` block (or a file it names)."""
@@ -285,10 +288,19 @@ class SpectralProbeConfig:
             )
 
     def check_backbone_files(self) -> None:
-        """Raise unless at least one backbone is given and every file is readable."""
+        """Raise unless at least one backbone is given and every file is readable (a model ID,
+        ``nequip.net:group/name:version``, is left to NequIP's loader)."""
         if len(self.backbones) == 0:
             _fail("backbones", "give at least one trained model (.ckpt or .nequip.zip)")
         for path in self.backbones:
+            if path.startswith(MODEL_ID_PREFIX):
+                continue
+            if path.endswith(COMPILED_MODELS):
+                _fail(
+                    "backbones",
+                    f"{path} is a compiled model (nequip-compile): it keeps no internal "
+                    "features to tap; give the .ckpt or .nequip.zip it was compiled from",
+                )
             if not os.path.isfile(path):
                 _fail("backbones", f"no such file: {path}")
             try:

@@ -7,7 +7,7 @@ from nequip.data import AtomicDataDict
 from nequip.model.utils import model_builder
 
 from .._nequip import graph_network_modules, load_graph_model
-from ..config import SpectralProbeConfig, SpectralProbeError
+from ..config import MODEL_ID_PREFIX, SpectralProbeConfig, SpectralProbeError
 from ..nn.allegro_tap import AllegroTensorTap, is_allegro_module
 from ..nn.probe import FrozenBackbone, SpectralProbeModel
 
@@ -19,12 +19,13 @@ def _node_feature_irreps(module):
 
 
 def load_frozen_backbone(path: str, feature_tap: str = "auto") -> FrozenBackbone:
-    """Load a ``.ckpt`` or ``.nequip.zip`` model on the CPU, then :func:`freeze_and_tap` it.
+    """Load a ``.ckpt`` / ``.nequip.zip`` model or a model ID on the CPU, then
+    :func:`freeze_and_tap` it.
 
     On the CPU whatever device the file was saved from: the probe module moves it where it
     goes. The path is made absolute, so a probe reloaded from another directory finds it again.
     """
-    path = os.path.abspath(path)
+    path = path if path.startswith(MODEL_ID_PREFIX) else os.path.abspath(path)
     try:
         model = load_graph_model(path)
     except Exception as error:

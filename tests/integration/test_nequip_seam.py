@@ -72,3 +72,30 @@ def test_the_backbone_network_is_the_force_output_s_func(tiny_backbone):
     splits: NequIP's embedding first, its last interaction layer near the end."""
     names = [name for name, _ in graph_network_modules(load_graph_model(tiny_backbone["ckpt"]))]
     assert names[0] == "type_embed" and "layer1_convnet" in names
+
+
+def test_a_model_id_goes_to_nequips_own_loader(monkeypatch, tiny_backbone):
+    """A ``nequip.net:`` ID is not a file: the config lets it through and NequIP's loader
+    resolves it (its cache and its download, here replaced by the local package file: no
+    network). (Fails when the probe checks the ID as a file, or makes it an absolute path.)"""
+    import contextlib
+    import pathlib
+
+    from nequip.model.saved_models import load_utils
+
+    from nequip_spectral.config import SpectralProbeConfig
+    from nequip_spectral.model.frozen_spn import load_frozen_backbone
+
+    model_id = "nequip.net:tests/tiny-nequip:0.1"
+    asked = []
+
+    @contextlib.contextmanager
+    def resolve(source):
+        asked.append(str(source))
+        yield pathlib.Path(tiny_backbone["package"])
+
+    monkeypatch.setattr(load_utils, "_get_model_file_path", resolve)
+    SpectralProbeConfig(backbones=(model_id,)).check_backbone_files()
+    backbone = load_frozen_backbone(model_id)
+    assert asked == [model_id] and backbone.path == model_id
+    assert backbone.irreps.lmax == 2

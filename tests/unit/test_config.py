@@ -85,3 +85,10 @@ def test_shared_species_need_center_fraction():
     assert "spectral_probe.center_fraction" in str(error.value)
     probe = SpectralProbeConfig.from_block({**block, "center_fraction": 0.5})
     assert probe.center_fraction == 0.5 and probe.neighbors == ("Cu", "Au")
+
+
+@pytest.mark.parametrize("name", ["model.nequip.pt2", "model.nequip.pth"])
+def test_a_compiled_backbone_is_refused_with_what_to_give_instead(name):
+    probe = SpectralProbeConfig(backbones=(name,))
+    with pytest.raises(SpectralProbeError, match=r"compiled model .* \.ckpt or \.nequip\.zip"):
+        probe.check_backbone_files()
