@@ -266,10 +266,17 @@ class SpectralProbeConfig:
     @property
     def heads(self) -> list:
         """Every head of a set, in order: one per probed ``l``, with the closed form a
-        :class:`~nequip_spectral._keys.Null` head per ``l`` too (one more right-hand side of
-        the same normal equations), and the control head (``None``) last."""
-        nulls = [Null(l) for l in self.l_values] if self.solver == "closed_form" else []
-        return [*self.l_values, *nulls, None]
+        :class:`~nequip_spectral._keys.Null` head per ``l > 0`` too (one more right-hand side
+        of the same normal equations; ``s_0`` does not depend on the direction, so ``l = 0``
+        has no null), and the control head (``None``) last."""
+        return [*self.l_values, *self.null_heads, None]
+
+    @property
+    def null_heads(self) -> list:
+        """The null heads: with the closed form, one per probed ``l > 0``."""
+        if self.solver != "closed_form":
+            return []
+        return [Null(l) for l in self.l_values if l > 0]
 
     @property
     def direction_field(self) -> str | None:

@@ -64,8 +64,8 @@ def build_report(
         for k, kind in enumerate(kinds)
     }
 
-    num_l = len(probe.l_values)
-    with_null = head.shape[-2] == 2 * num_l  # a null head per l (closed form)
+    num_l, nulls = len(probe.l_values), [null.l for null in probe.null_heads]
+    with_null = bool(nulls) and head.shape[-2] == num_l + len(nulls)  # (after the l heads)
 
     def per_l(values_of):  # {"4": {"rho": .., "R2_inj_forces": .., ...}}
         table = {}
@@ -76,9 +76,10 @@ def build_report(
                     row[f"{metric}_{kind}"] = (
                         _finite(values_of(metric, kind)[i]) if kind in per_kind else None
                     )
-            for metric in READINGS if with_null else ():  # the null head's, at num_l + i
+            for metric in READINGS if with_null and l in nulls else ():  # its null head's
                 for kind in kinds:
-                    row[f"null_{metric}_{kind}"] = _finite(values_of(metric, kind)[num_l + i])
+                    j = num_l + nulls.index(l)
+                    row[f"null_{metric}_{kind}"] = _finite(values_of(metric, kind)[j])
             table[str(l)] = row
         return table
 
@@ -154,8 +155,8 @@ def build_report(
         for k, kind in enumerate(kinds):
             for metric in READINGS:
                 row[f"{metric}_{kind}_ci95"] = summarize(replicates[metric][:, k, i])["ci95"]
-                if with_null:
-                    null = replicates[metric][:, k, num_l + i]
+                if with_null and int(l) in nulls:
+                    null = replicates[metric][:, k, num_l + nulls.index(int(l))]
                     row[f"null_{metric}_{kind}_ci95"] = summarize(null)["ci95"]
         row["rho_ci95"] = row[f"rho_{primary}_ci95"]
     report["delta"] = summarize(replicates["delta"][:, 0])

@@ -22,11 +22,14 @@ def report_metrics(report: dict) -> dict:
                 "ci95"
             ]
     metrics[f"{PREFIX}/cliff"] = report["cliff"].get("ratio")
+    ls = report["l_values"]
+    nulls = [f"null{l}" for l in ls if l > 0] if report["null_heads"] else []
+    heads = [f"l{l}" for l in ls] + nulls + ["none"]
     for key, per_backbone in report["solver"].items():
         if key.startswith("alpha_"):  # the closed form's ridge strength of each head
             for b, alphas in enumerate(per_backbone):
-                for l, alpha in zip([*report["l_values"], "none"], alphas, strict=True):
-                    metrics[f"{PREFIX}/{key}/b{b}/l{l}"] = alpha
+                for head, alpha in zip(heads, alphas, strict=True):
+                    metrics[f"{PREFIX}/{key}/b{b}/{head}"] = alpha
     return {name: float(value) for name, value in metrics.items() if value is not None}
 
 
