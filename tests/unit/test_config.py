@@ -92,3 +92,13 @@ def test_a_compiled_backbone_is_refused_with_what_to_give_instead(name):
     probe = SpectralProbeConfig(backbones=(name,))
     with pytest.raises(SpectralProbeError, match=r"compiled model .* \.ckpt or \.nequip\.zip"):
         probe.check_backbone_files()
+
+
+def test_the_closed_form_has_a_null_head_for_every_l_but_0():
+    """``s_0`` is the same along every direction: a null head at ``l = 0`` would recover it."""
+    from nequip_spectral._keys import Null
+
+    closed = SpectralProbeConfig(backbones=("a.ckpt",), l_values=(0, 2, 5))
+    assert closed.heads == [0, 2, 5, Null(2), Null(5), None]
+    sgd = SpectralProbeConfig(backbones=("a.ckpt",), l_values=(0, 2, 5), solver="sgd")
+    assert sgd.heads == [0, 2, 5, None]
