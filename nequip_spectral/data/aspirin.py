@@ -13,7 +13,9 @@ machine. The bundled file was made with::
 from pathlib import Path
 
 import numpy as np
-from ase import Atoms, units
+from ase import Atoms
+
+from .md import langevin_frames
 
 BUNDLED_ASPIRIN = Path(__file__).parent / "aspirin_gfn2xtb_500K.extxyz"
 
@@ -73,9 +75,7 @@ def generate_aspirin(
         equilibration_steps: steps run before the first recorded frame
         friction_per_fs: Langevin friction
     """
-    from ase.calculators.singlepoint import SinglePointCalculator
     from ase.constraints import FixCom
-    from ase.md.langevin import Langevin
     from ase.md.velocitydistribution import Stationary, ZeroRotation, thermalize_momenta
 
     rng = np.random.default_rng(seed)
@@ -85,24 +85,5 @@ def generate_aspirin(
     thermalize_momenta(atoms, temperature_K=temperature_K, rng=rng)
     Stationary(atoms)
     ZeroRotation(atoms)
-    dynamics = Langevin(
-        atoms,
-        timestep=timestep_fs * units.fs,
-        temperature_K=temperature_K,
-        friction=friction_per_fs / units.fs,
-        fixcm=False,
-        rng=rng,
-    )
-    dynamics.run(equilibration_steps)
-
-    frames = []
-    for _ in range(n_frames):
-        dynamics.run(stride)
-        frame = Atoms(atoms.get_chemical_symbols(), positions=atoms.get_positions())
-        # the labels are the true gradient, not the forces projected by FixCom
-        forces = atoms.get_forces(apply_constraint=False)
-        frame.calc = SinglePointCalculator(
-            frame, energy=atoms.get_potential_energy(), forces=forces
-        )
-        frames.append(frame)
-    return frames
+    return langevin_frames(atoms, n_frames, rng, temperature_K, timestep_fs, stride,
+                           equilibration_steps, friction_per_fs)  # fmt: skip

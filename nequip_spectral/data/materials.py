@@ -15,7 +15,9 @@ seed on a given machine. For example (108 atoms, 500 K)::
 from collections.abc import Sequence
 
 import numpy as np
-from ase import Atoms, units
+from ase import Atoms
+
+from .md import langevin_frames
 
 FCC_METALS = ("Al", "Cu", "Ag", "Au", "Ni", "Pd", "Pt")
 ALLOYS = ("Cu3Au",)
@@ -92,9 +94,7 @@ def generate_material(
         friction_per_fs: Langevin friction
     """
     from ase.calculators.emt import EMT
-    from ase.calculators.singlepoint import SinglePointCalculator
     from ase.constraints import FixCom
-    from ase.md.langevin import Langevin
     from ase.md.velocitydistribution import Stationary, thermalize_momenta
 
     if n_frames < 1 or stride < 1 or equilibration_steps < 0:
@@ -105,30 +105,5 @@ def generate_material(
     atoms.set_constraint(FixCom())
     thermalize_momenta(atoms, temperature_K=temperature_K, rng=rng)
     Stationary(atoms)
-    dynamics = Langevin(
-        atoms,
-        timestep=timestep_fs * units.fs,
-        temperature_K=temperature_K,
-        friction=friction_per_fs / units.fs,
-        fixcm=False,
-        rng=rng,
-    )
-    dynamics.run(equilibration_steps)
-
-    frames = []
-    for _ in range(n_frames):
-        dynamics.run(stride)
-        frame = Atoms(
-            atoms.get_chemical_symbols(),
-            positions=atoms.get_positions(),
-            cell=atoms.get_cell(),
-            pbc=True,
-        )
-        frame.wrap()  # moves atoms by lattice vectors: energy and forces unchanged
-        # the labels are the true gradient, not the forces projected by FixCom
-        forces = atoms.get_forces(apply_constraint=False)
-        frame.calc = SinglePointCalculator(
-            frame, energy=atoms.get_potential_energy(), forces=forces
-        )
-        frames.append(frame)
-    return frames
+    return langevin_frames(atoms, n_frames, rng, temperature_K, timestep_fs, stride,
+                           equilibration_steps, friction_per_fs)  # fmt: skip
