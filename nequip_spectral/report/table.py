@@ -33,11 +33,11 @@ def format_table(report: dict) -> str:
         chance_marked |= mark
         return f"{cell(rho, 8)}{'*' if mark else ' '}"
 
-    def recovered(row, kind):  # rec, marked ~ inside its null floor
+    def recovered(row, kind):  # rec, marked ~ where it is not above the null floor
         nonlocal floor_marked
         value = row.get(f"rho_recovered_{kind}")
         floor = (report.get("null_floor") or {}).get(f"rho_recovered_{kind}") or [None, None]
-        mark = None not in (value, *floor) and floor[0] <= value <= floor[1]
+        mark = None not in (value, *floor) and value <= floor[1]
         floor_marked |= mark
         return f"{cell(value, 6)}{'~' if mark else ' '}"
 
@@ -57,7 +57,7 @@ def format_table(report: dict) -> str:
             f"{interval(floor.get('rho_recovered_energy'))}"
         )
     if floor_marked:
-        lines.append("~ rec inside the null floor: not told apart from chance")
+        lines.append("~ rec not above the null floor: not told apart from chance")
     if chance_marked:
         lines.append(
             "* rho's chance part (the backbone's error and the heads' fit to noise, against the "
