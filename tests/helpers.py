@@ -142,3 +142,89 @@ def random_system(frames, num_features=12, num_heads=3, force_rows=0, seed=0):
         targets = rows[:, 2:6] @ force_truth + 0.3 * randn(force_rows, num_heads)
         data.add_forces(rows, targets, force_rows)
     return data
+
+
+def closed_form_report(model, train, validation, test, n_bootstrap=200, batch_size=50) -> dict:
+    """A probe's heads solved in closed form in-process (``validation`` choosing each head's
+    ridge strength) and the report of the ``test`` frames, as a run's test stage builds it
+    (frames in the order given, as one trajectory).
+
+    Args:
+        model: a :class:`~nequip_spectral.nn.SpectralProbeModel` (``build(...).model``)
+        train, validation, test: lists of frames (``aspirin_frames``)
+    """
+    import dataclasses
+
+    from nequip_spectral.report import batch_frame_sums, build_report
+    from nequip_spectral.report.frames import FrameSums
+    from nequip_spectral.solvers.closed_form import collect, solve_heads
+    from nequip_spectral.targets import KINDS
+
+    kinds = KINDS if model.with_forces else ("energy",)
+    solve_heads(model, *(collect(model, [part], batch_size, "cpu") for part in (train, validation)),
+                1.0, 1.0)  # fmt: skip
+    heads, controls = [], []
+    for start in range(0, len(test), batch_size):
+        batch = AtomicDataDict.batched_from_list(test[start : start + batch_size])
+        head, control = batch_frame_sums(
+            model(batch), batch, model.probe, len(model.backbones), kinds
+        )
+        heads.append(head.numpy())
+        controls.append(control.numpy())
+    context = {
+        "probe": dataclasses.asdict(model.probe), "L": model.backbones[0].irreps.lmax,
+        "kinds": list(kinds), "head_parameters": model.heads["e"][0].parameters_per_head,
+        "solver": {}, "n_bootstrap": n_bootstrap, "block_length": None,
+    }  # fmt: skip
+    order = np.arange(len(test))
+    frames = FrameSums(np.concatenate(heads, 1), np.concatenate(controls, 1),
+                       np.array(["test"] * len(test)), order, order, context)  # fmt: skip
+    return build_report(frames)
+
+
+def perturb_backbone(backbone, seed: int, scale: float = 0.05) -> None:
+    """Add seeded noise to every floating-point weight of a frozen backbone, in place: the
+    same architecture with other weights."""
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for parameter in backbone.model.parameters():
+            if parameter.is_floating_point():
+                noise = torch.randn(parameter.shape, generator=generator, dtype=torch.float64)
+                parameter.add_(scale * noise.to(parameter.dtype))
+
+
+def file_rendezvous(directory) -> str:
+    """A ``torch.distributed`` ``init_method`` through a new file under ``directory`` (no TCP
+    port to pick, so no port another process could take between picking and binding)."""
+    path = pathlib.Path(directory) / "rendezvous"
+    assert not path.exists(), f"{path}: a file rendezvous needs a new file"
+    return path.resolve().as_uri()
+
+
+def report_schema_errors(report: dict) -> list:
+    """Where a report (as read back from ``spectral_report.json``) departs from its JSON
+    schema, ``nequip_spectral/report/schema.json`` (draft 2020-12): ``"path: message"`` each."""
+    import importlib.resources
+    import json
+
+    import jsonschema
+
+    text = importlib.resources.files("nequip_spectral.report").joinpath("schema.json").read_text()
+    schema = json.loads(text)
+    jsonschema.Draft202012Validator.check_schema(schema)
+    validator = jsonschema.Draft202012Validator(schema)
+    return [f"{error.json_path}: {error.message}" for error in validator.iter_errors(report)]
+
+
+def assert_forces_equal_finite_differences(energy_of, atoms, analytic, h=1e-5, rtol=1e-6):
+    """``analytic`` (``(..., atoms, 3)``) equals ``-dE/dr`` by central differences of
+    ``energy_of(atoms)`` (a tensor ``(...)``) for every atom and axis of the ASE ``atoms``."""
+    for atom in range(len(atoms)):
+        for axis in range(3):
+            plus, minus = atoms.copy(), atoms.copy()
+            plus.positions[atom, axis] += h
+            minus.positions[atom, axis] -= h
+            numeric = -(energy_of(plus) - energy_of(minus)) / (2 * h)
+            assert torch.allclose(
+                analytic[..., atom, axis], numeric, rtol=rtol, atol=rtol * analytic.abs().max()
+            ), (atom, axis)

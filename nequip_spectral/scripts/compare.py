@@ -84,7 +84,8 @@ def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("run_dirs", nargs="+", help="probe run directories (or report files)")
     parser.add_argument("--labels", nargs="+", help="one per run (default: directory names)")
-    parser.add_argument("--output", type=Path, default=Path("spectral-compare"))
+    parser.add_argument("--output", type=Path, default=Path("spectral-compare"),
+                        help="directory for the table and plot (default: %(default)s)")
     args = parser.parse_args(argv)
     labels = args.labels or [Path(run).name for run in args.run_dirs]
     if len(labels) != len(args.run_dirs):

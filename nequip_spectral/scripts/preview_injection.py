@@ -46,12 +46,18 @@ def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("dataset", help="any ASE-readable file with energies and forces")
     parser.add_argument("--frames", type=int, default=200, help="first N frames")
-    parser.add_argument("--l-values", type=int, nargs="+", default=list(defaults.l_values))
-    parser.add_argument("--amplitude", type=float, default=defaults.amplitude)
-    parser.add_argument("--cutoff", type=float, default=defaults.cutoff)
-    parser.add_argument("--centers", nargs="+", default=list(defaults.centers))
-    parser.add_argument("--neighbors", nargs="+", default=list(defaults.neighbors))
-    parser.add_argument("--seed", type=int, default=defaults.seed)
+    parser.add_argument("--l-values", type=int, nargs="+", default=list(defaults.l_values),
+                        help="probed l (default: %(default)s)")
+    parser.add_argument("--amplitude", type=float, default=defaults.amplitude,
+                        help="eps, energy units of the data (default: %(default)s)")
+    parser.add_argument("--cutoff", type=float, default=defaults.cutoff,
+                        help="pair cutoff of the signal (default: %(default)s)")
+    parser.add_argument("--centers", nargs="+", default=list(defaults.centers),
+                        help="center species (default: %(default)s)")
+    parser.add_argument("--neighbors", nargs="+", default=list(defaults.neighbors),
+                        help="neighbor species (default: %(default)s)")
+    parser.add_argument("--seed", type=int, default=defaults.seed,
+                        help="probe seed: the marked directions (default: %(default)s)")
     args = parser.parse_args(argv)
     torch.set_default_dtype(torch.float64)
     probe = SpectralProbeConfig(

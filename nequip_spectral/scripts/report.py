@@ -20,7 +20,9 @@ def main(argv=None) -> None:
     parser.add_argument("--output", type=Path, help="default: RUN_DIR/rebuilt")
     parser.add_argument("--block-length", type=int, help="default: the run's (or from the data)")
     parser.add_argument("--n-bootstrap", type=int, help="default: the run's")
-    parser.add_argument("--frame-order", choices=("source", "loader"), default="source")
+    parser.add_argument("--frame-order", choices=("source", "loader"), default="source",
+                        help="bootstrap blocks in trajectory (source) or loader order "
+                        "(default: source)")
     args = parser.parse_args(argv)
     output = args.output or args.run_dir / "rebuilt"
     existing = [name for name in REPORT_FILES if (output / name).exists()]

@@ -9,8 +9,12 @@ from ..theory import span_table
 
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--L", type=int, nargs="+", default=[1, 2, 3, 4])
-    parser.add_argument("--degree", type=int, nargs="+", default=[1, 2, 3])
+    parser.add_argument(
+        "--L", type=int, nargs="+", default=[1, 2, 3, 4], help="feature degrees (default: 1 2 3 4)"
+    )
+    parser.add_argument(
+        "--degree", type=int, nargs="+", default=[1, 2, 3], help="head degrees d_r (default: 1 2 3)"
+    )
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
     print(span_table(args.L, args.degree))

@@ -1,12 +1,19 @@
 """The closed-form solver: its features, its ridge solution, and the heads it loads."""
 
-import socket
 
 import pytest
 import torch
 import torch.multiprocessing as mp
 from e3nn import o3
-from helpers import TYPE_NAMES, aspirin_batch, aspirin_frames, build, irreps_up_to, random_system
+from helpers import (
+    TYPE_NAMES,
+    aspirin_batch,
+    aspirin_frames,
+    build,
+    file_rendezvous,
+    irreps_up_to,
+    random_system,
+)
 
 from nequip_spectral._keys import ENERGY_FIT, FORCE_FIT
 from nequip_spectral.nn import SPNHeads
@@ -194,9 +201,9 @@ def test_same_data_gives_bitwise_the_same_heads(solved, aspirin_atoms):
         assert torch.equal(a, b)
 
 
-def _ddp_worker(rank, world, port, parts, validation, results):
+def _ddp_worker(rank, world, init_method, parts, validation, results):
     torch.distributed.init_process_group(
-        "gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world
+        "gloo", init_method=init_method, rank=rank, world_size=world
     )
     joined = parts[rank].all_ranks()
     solution = solve_ridge(joined, validation, 1.0, 1.0)
@@ -205,7 +212,7 @@ def _ddp_worker(rank, world, port, parts, validation, results):
     torch.distributed.destroy_process_group()
 
 
-def test_two_ddp_processes_equal_one():
+def test_two_ddp_processes_equal_one(tmp_path):
     parts = [random_system(25, force_rows=30, seed=s) for s in (2, 3)]
     validation = random_system(30, force_rows=30, seed=1)
     joined = LeastSquaresData.empty(12, 2, 3)
@@ -216,12 +223,9 @@ def test_two_ddp_processes_equal_one():
         joined.force_targets += part.force_targets
         joined.force_components += part.force_components
     single = solve_ridge(joined, validation, 1.0, 1.0)
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
     results = mp.get_context("spawn").Queue()
-    mp.start_processes(_ddp_worker, args=(2, port, parts, validation, results), nprocs=2,
-                       start_method="spawn")  # fmt: skip
+    mp.start_processes(_ddp_worker, args=(2, file_rendezvous(tmp_path), parts, validation,
+                       results), nprocs=2, start_method="spawn")  # fmt: skip
     weights, intercepts = map(torch.from_numpy, results.get(timeout=60))
     assert torch.allclose(weights, single.weights, rtol=1e-10, atol=1e-12)
     assert torch.allclose(intercepts, single.intercepts, rtol=1e-10, atol=1e-12)

@@ -1,8 +1,16 @@
+import ase.io
 import numpy as np
 import pytest
 import torch
 from e3nn import o3
-from helpers import TYPE_NAMES, aspirin_batch, aspirin_frames, build, irreps_up_to
+from helpers import (
+    TYPE_NAMES,
+    aspirin_batch,
+    aspirin_frames,
+    build,
+    irreps_up_to,
+    perturb_backbone,
+)
 from nequip.data import AtomicDataDict
 from nequip.utils.test import assert_AtomicData_equivariant
 
@@ -16,6 +24,7 @@ from nequip_spectral._keys import (
     head_name,
 )
 from nequip_spectral.config import SpectralProbeError
+from nequip_spectral.data import BUNDLED_ASPIRIN
 from nequip_spectral.model import FrozenBackboneSPN
 from nequip_spectral.nn import SPNHeads
 from nequip_spectral.nn.polynomial import LinearHeads
@@ -317,6 +326,54 @@ def test_two_backbones_get_their_own_heads(tiny_backbone, aspirin_atoms):
     for fit in (ENERGY_FIT, FORCE_FIT):
         assert head_energy_key(1, head_name(3, fit)) in out
         assert head_energy_key(1, head_name(None, fit)) in out
+
+
+def test_each_backbones_heads_are_solved_on_and_read_its_own_features(tiny_backbone):
+    """Two backbones of one architecture with different weights (the tiny backbone's
+    checkpoint, and its package with its weights perturbed in-process) get different solved
+    heads, and a head's outputs change when, and only when, its own backbone changes: after
+    perturbing backbone 1 again, backbone 0's heads' energies and forces are bitwise the
+    same and backbone 1's differ; after perturbing backbone 0, the other way round.
+
+    Mutation tried: backbone 1 reading backbone 0's features (``backbone.tap`` ->
+    ``self._backbones[0].tap`` in ``SpectralProbeModel.backbone_outputs``, nn/probe.py):
+    fails, the solved heads are the same.
+    """
+    from nequip_spectral.solvers.closed_form import collect, solve_heads
+
+    probe = {"backbones": [tiny_backbone["ckpt"], tiny_backbone["package"]], "l_values": [2, 4],
+             "target": "injected", "force_directions": 4}  # fmt: skip
+    model = build(probe)
+    model.eval()
+    backbones = model.model.backbones
+    perturb_backbone(backbones[1], seed=1)
+    frames = aspirin_frames(ase.io.read(BUNDLED_ASPIRIN, index=":16"), probe)
+    train, validation = (
+        collect(model.model, [part], 4, "cpu") for part in (frames[:12], frames[12:])
+    )
+    solve_heads(model.model, train, validation, 1.0, 1.0)
+    for fit, (heads_0, heads_1) in model.model.heads.items():
+        assert heads_0.weights.abs().sum() > 0, fit
+        assert not torch.allclose(heads_0.weights, heads_1.weights), fit
+
+    batch = aspirin_batch(ase.io.read(BUNDLED_ASPIRIN, index="20:22"), probe)
+    keys = {b: [key(b, head_name(l, fit)) for l in (2, 4) for fit in (ENERGY_FIT, FORCE_FIT)
+                for key in (head_energy_key, head_forces_key)
+                if fit == FORCE_FIT or key is head_energy_key] for b in (0, 1)}  # fmt: skip
+
+    def outputs():
+        out = model(batch)
+        return {key: out[key].detach().clone() for key in keys[0] + keys[1]}
+
+    before = outputs()
+    for changed, same in ((1, 0), (0, 1)):
+        perturb_backbone(backbones[changed], seed=10 + changed)
+        after = outputs()
+        for key in keys[same]:
+            assert torch.equal(after[key], before[key]), (changed, key)
+        for key in keys[changed]:
+            assert not torch.allclose(after[key], before[key]), (changed, key)
+        before = after
 
 
 @pytest.mark.parametrize(

@@ -9,7 +9,13 @@ import ase.io
 import numpy as np
 import pytest
 import torch
-from helpers import nequip_train, train_tiny_backbone, write_rmd17_npz
+from helpers import (
+    CONFIGS,
+    nequip_train,
+    report_schema_errors,
+    train_tiny_backbone,
+    write_rmd17_npz,
+)
 
 from nequip_spectral.report.frames import FrameSums
 from nequip_spectral.train.lightning import BEST_HEADS_KEY
@@ -77,6 +83,60 @@ def test_the_report_is_rebuilt_from_the_per_frame_file(probe_run, tmp_path):
     again = subprocess.run(["nequip-spectral-report", str(run_dir), "--output", str(output)],
                            capture_output=True, text=True)  # fmt: skip
     assert again.returncode != 0 and "already holds" in again.stderr
+
+
+def test_the_reports_of_real_runs_match_the_json_schema(probe_run, sgd_run):
+    """A closed-form run's report (null heads, the bootstrap) and a gradient-descent run's
+    (no null heads) hold to ``nequip_spectral/report/schema.json``.
+
+    Mutation tried: ``per_l_std`` dropped from the report (``build_report``): fails.
+    """
+    for run_dir in (probe_run[0], sgd_run[0]):
+        report = json.loads((run_dir / "spectral_report.json").read_text())
+        assert report_schema_errors(report) == [], run_dir
+    assert report["null_heads"] is False  # the sgd run's
+
+
+def test_the_report_and_compare_scripts_run_on_a_probe_run(probe_run, tmp_path):
+    """``nequip-spectral-report`` with its bootstrap options (loader order, 50 replicates,
+    blocks of 2 frames) writes a report that says so, and ``nequip-spectral-compare`` puts
+    it beside the run's own: a table row per ``l`` holding each report's readings, the plot,
+    the ceiling marked.
+
+    Mutation tried: ``--frame-order`` ignored by ``nequip-spectral-report`` (``build_report``
+    called without it): fails.
+    """
+    run_dir, _ = probe_run
+    rebuilt = tmp_path / "loader_order"
+    subprocess.run(
+        ["nequip-spectral-report", str(run_dir), "--output", str(rebuilt), "--frame-order",
+         "loader", "--n-bootstrap", "50", "--block-length", "2"],
+        capture_output=True, text=True, check=True,
+    )  # fmt: skip
+    report = json.loads((rebuilt / "spectral_report.json").read_text())
+    assert report["bootstrap"]["frame_order"] == "loader"
+    assert report["bootstrap"]["replicates"] == 50 and report["bootstrap"]["block_length"] == 2
+    assert report_schema_errors(report) == []
+    own = json.loads((run_dir / "spectral_report.json").read_text())
+    assert report["per_l"]["4"]["rho"] == pytest.approx(own["per_l"]["4"]["rho"])  # sums
+
+    compared = tmp_path / "compared"
+    result = subprocess.run(
+        ["nequip-spectral-compare", str(run_dir), str(rebuilt), "--labels", "run", "loader",
+         "--output", str(compared)],
+        capture_output=True, text=True, check=True,
+    )  # fmt: skip
+    with open(compared / "spectral_compare.csv") as f:
+        rows = {row["l"]: row for row in csv.DictReader(f)}
+    assert list(rows) == [str(l) for l in L_VALUES]
+    for label, source in (("run", own), ("loader", report)):
+        for l, row in rows.items():
+            for column in ("rho_forces", "R2_inj_energy"):
+                assert float(row[f"{label}:{column}"]) == pytest.approx(
+                    source["per_l"][l][column]
+                ), (label, l, column)
+    assert (compared / "spectral_compare.png").stat().st_size > 10_000
+    assert "<- ceiling of run, loader" in result.stdout
 
 
 def heads_only(checkpoint_path):
@@ -160,6 +220,32 @@ def files_of(directory):
     return {p.name: p.read_bytes() for p in directory.iterdir() if p.is_file()}
 
 
+def test_evaluate_stops_when_the_backbone_file_has_gone(tiny_backbone, tiny_aspirin, tmp_path):
+    """A run probed a copy of the backbone; the copy is deleted; ``nequip-spectral-evaluate``
+    exits non-zero naming the missing file, leaves no output directory behind and touches
+    none of the run's files.
+
+    Mutation tried: ``evaluate.py`` without the ``shutil.rmtree`` of a failed try's new
+    directory (fails: the output directory is left behind).
+    """
+    import shutil
+
+    copy = tmp_path / "copied_backbone.ckpt"
+    shutil.copy(tiny_backbone["ckpt"], copy)
+    run_dir = tmp_path / "run"
+    overrides = probe_overrides(str(copy), tiny_aspirin)
+    nequip_train("aspirin_probe.yaml", run_dir, *overrides, "force_spectrum=false")
+    copy.unlink()
+    before = files_of(run_dir)
+    output = tmp_path / "evaluation"
+    result = subprocess.run(["nequip-spectral-evaluate", str(run_dir), "--output", str(output)],
+                            capture_output=True, text=True)  # fmt: skip
+    assert result.returncode != 0
+    assert f"spectral_probe.backbones: no such file: {copy}" in result.stderr
+    assert not output.exists()
+    assert files_of(run_dir) == before
+
+
 @pytest.fixture()
 def broken_aspirin(tmp_path, tiny_aspirin):
     frames = ase.io.read(tiny_aspirin, index=":")
@@ -167,6 +253,20 @@ def broken_aspirin(tmp_path, tiny_aspirin):
     forces[2, 0] = np.nan
     frames[5].calc.results["forces"] = forces
     path = tmp_path / "broken.extxyz"
+    ase.io.write(path, frames)
+    return path
+
+
+def bad_data_file(case, tiny_aspirin, directory):
+    """The tiny data with one bad frame: 9 without a finite energy (``nonfinite_energy``), or
+    every frame with a marked direction ``efield``, 7's of length 4 (``direction_length``)."""
+    frames = ase.io.read(tiny_aspirin, index=":")
+    if case == "nonfinite_energy":
+        frames[9].calc.results["energy"] = float("nan")
+    else:
+        for index, atoms in enumerate(frames):
+            atoms.info["efield"] = np.array([0.0, 0.6, 0.8] + [0.0] * (index == 7))
+    path = directory / f"{case}.extxyz"
     ase.io.write(path, frames)
     return path
 
@@ -179,6 +279,9 @@ def broken_aspirin(tmp_path, tiny_aspirin):
         ("degree", "spectral_probe.degree: must be 1, 2 or 3, got 5"),
         ("cutoff", "spectral_probe.cutoff: 6.0 exceeds"),
         ("nonfinite_frame", "frame 5 of"),
+        ("nonfinite_energy", "non-finite total_energy"),
+        ("direction_length", "field 'efield' must be a finite, nonzero 3-vector per frame"),
+        ("neighbor_symbol", "spectral_probe.neighbors: 'Xx' is not a chemical symbol"),
         ("missing_data", "data.split_dataset.file_path: no file"),
         ("existing_run", "already holds"),
     ],
@@ -186,26 +289,47 @@ def broken_aspirin(tmp_path, tiny_aspirin):
 def test_bad_input_stops_before_training(
     case, message, probe_run, tiny_backbone, tiny_aspirin, broken_aspirin, tmp_path
 ):
+    """Each bad input stops ``nequip-train`` before training with a message naming the key,
+    or the frame and its file. The cases ``nonfinite_energy``, ``direction_length`` and
+    ``neighbor_symbol``: a NaN energy in frame 9, frame 7's ``field:efield`` marked direction
+    of length 4, ``spectral_probe.neighbors=[Xx]``.
+
+    Mutation tried: ``_check_finite`` (data/injection.py) checking positions and forces only
+    (fails ``nonfinite_energy``, which then trains).
+    """
     run_dir, _ = probe_run
     earlier = files_of(run_dir)
     overrides = probe_overrides(tiny_backbone["ckpt"], tiny_aspirin)
     target = tmp_path / "new_run"
+    bad_frame = {"nonfinite_frame": (5, broken_aspirin)}
+    if case in ("nonfinite_energy", "direction_length"):
+        bad_frame[case] = (9 if case == "nonfinite_energy" else 7,
+                           bad_data_file(case, tiny_aspirin, tmp_path))  # fmt: skip
     extra = {
         "missing_backbone": [f"spectral_probe.backbones=[{tmp_path / 'missing.ckpt'}]"],
         "overlap": ["spectral_probe.neighbors=[H,C]"],
         "degree": ["spectral_probe.degree=5"],
         "cutoff": ["spectral_probe.cutoff=6.0"],
-        "nonfinite_frame": [f"dataset_file={broken_aspirin}"],
+        "nonfinite_frame": [],
+        "nonfinite_energy": [],
+        "direction_length": ["spectral_probe.marked_direction=field:efield",
+                             "+data.include_keys=[efield]"],
+        "neighbor_symbol": ["spectral_probe.neighbors=[Xx]"],
         "missing_data": [f"dataset_file={tmp_path / 'missing.extxyz'}"],
         "existing_run": [],
     }[case]
+    if case in bad_frame:
+        extra.append(f"dataset_file={bad_frame[case][1]}")
     if case == "existing_run":
         target = run_dir
     result = nequip_train("aspirin_probe.yaml", target, *overrides, *extra, check=False)
     assert result.returncode != 0
     assert message in result.stderr
+    if case in bad_frame:  # the frame by its index in its file
+        index, path = bad_frame[case]
+        assert f"frame {index} of {path}: " in result.stderr
     if case == "nonfinite_frame":
-        assert str(broken_aspirin) in result.stderr and "non-finite forces" in result.stderr
+        assert "non-finite forces" in result.stderr
     if case == "missing_data":
         assert str(tmp_path / "missing.extxyz") in result.stderr
     assert not (target / "last.ckpt").exists() or case == "existing_run"
@@ -270,11 +394,41 @@ def test_data_without_forces_stops_or_gives_the_energy_spectrum(tiny_backbone, t
     assert all(row["rho_energy"] is not None for row in report["per_l"].values())
 
 
+def nequip_splits(dataset) -> dict:
+    """``{split: [index in the file of each frame]}`` of the probe config's data block, as
+    NequIP's own ``ASEDataModule`` splits ``dataset``."""
+    from hydra.utils import instantiate
+    from omegaconf import OmegaConf
+
+    from nequip_spectral.report.frames import frame_source
+
+    block = OmegaConf.load(CONFIGS / "data" / "aspirin.yaml").data
+    block.split_dataset.file_path = str(dataset)
+    block.seed = OmegaConf.load(CONFIGS / "aspirin_probe.yaml").data_seed
+    block.transforms = []
+    datamodule = instantiate(block, _recursive_=False)  # as nequip-train does
+    datamodule.setup("fit")
+    datamodule.setup("test")
+    return {
+        name: [frame_source(split, i)[1] for split in splits for i in range(len(split))]
+        for name, splits in (("train", datamodule.train_dataset),
+                             ("val", datamodule.val_dataset), ("test", datamodule.test_dataset))
+    }  # fmt: skip
+
+
 def test_a_bad_frame_in_the_test_split_stops_before_training(tiny_backbone, tiny_aspirin,
                                                              tmp_path):  # fmt: skip
+    """A frame of the test split (which nothing trains on) with an infinite force stops the
+    run before training, named by its index in its file.
+
+    Mutation tried: ``bad = permutation[5]`` (a training frame: fails the split assertion).
+    """
     # the example configs split 40 frames 28 / 4 / 8 from one seeded permutation
     permutation = torch.randperm(40, generator=torch.Generator().manual_seed(0)).tolist()
     bad = permutation[35]
+    splits = nequip_splits(tiny_aspirin)
+    assert bad in splits["test"] and len(splits["test"]) == 8
+    assert bad not in splits["train"] + splits["val"]
     frames = ase.io.read(tiny_aspirin, index=":")
     forces = frames[bad].get_forces()
     forces[0, 1] = np.inf

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 from e3nn import o3
+from helpers import assert_forces_equal_finite_differences
 from nequip.data import AtomicDataDict, from_ase
 from nequip.data.transforms import ChemicalSpeciesToAtomTypeMapper, NeighborListTransform
 
@@ -121,18 +122,9 @@ def test_forces_equal_finite_differences_with_the_subset_held(copper):
     injection.marked_centers = lambda data: subset
     analytic = forces(inject(atoms, injection, N_HAT))
     assert torch.equal(analytic, forces(reference))
-    h = 1e-5
-    for atom in range(len(atoms)):
-        for axis in range(3):
-            plus, minus = atoms.copy(), atoms.copy()
-            plus.positions[atom, axis] += h
-            minus.positions[atom, axis] -= h
-            numeric = -(
-                energies(inject(plus, injection, N_HAT)) - energies(inject(minus, injection, N_HAT))
-            ) / (2 * h)
-            assert torch.allclose(
-                analytic[:, atom, axis], numeric, rtol=1e-6, atol=1e-6 * analytic.abs().max()
-            ), (atom, axis)
+    assert_forces_equal_finite_differences(
+        lambda moved: energies(inject(moved, injection, N_HAT)), atoms, analytic
+    )
 
 
 def test_subset_is_seeded_by_the_frame_and_stored(copper):

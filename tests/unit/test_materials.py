@@ -7,7 +7,7 @@ import pytest
 import torch
 from ase import Atoms
 from ase.calculators.emt import EMT
-from helpers import CONFIGS
+from helpers import CONFIGS, assert_forces_equal_finite_differences
 from nequip.data import from_ase
 from nequip.data.transforms import NeighborListTransform
 
@@ -166,16 +166,7 @@ def test_forces_equal_finite_differences_under_periodic_boundaries(alloy):
     """
     atoms = alloy[0]
     analytic = forces(inject(atoms))
-    h = 1e-5
-    for atom in range(len(atoms)):
-        for axis in range(3):
-            plus, minus = atoms.copy(), atoms.copy()
-            plus.positions[atom, axis] += h
-            minus.positions[atom, axis] -= h
-            numeric = -(energies(inject(plus)) - energies(inject(minus))) / (2 * h)
-            assert torch.allclose(
-                analytic[:, atom, axis], numeric, rtol=1e-6, atol=1e-6 * analytic.abs().max()
-            ), (atom, axis)
+    assert_forces_equal_finite_differences(lambda moved: energies(inject(moved)), atoms, analytic)
 
 
 # by hand: NequIP's polynomial envelope (p = 6) and sqrt(2l+1) P_l(n . rhat), numpy's Legendre

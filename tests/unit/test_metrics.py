@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 import torch
-from helpers import as_frames
+from helpers import as_frames, file_rendezvous, report_schema_errors
 
 from nequip_spectral.theory.metrics import bootstrap_spectrum, frame_sums, spectrum
 
@@ -80,11 +80,10 @@ def test_bootstrap_of_a_clear_cliff():
     assert summarize(swapped["delta"])["frac_le_0"] == 1.0
 
 
-def _ddp_worker(rank, world_size, port, head_half, control_half, results):
-    import os
-
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    torch.distributed.init_process_group("gloo", rank=rank, world_size=world_size)
+def _ddp_worker(rank, world_size, init_method, head_half, control_half, results):
+    torch.distributed.init_process_group(
+        "gloo", init_method=init_method, rank=rank, world_size=world_size
+    )
     from nequip_spectral.train.callback import gather_frames
 
     head = gather_frames(torch.as_tensor(head_half[rank]), dim=0)
@@ -94,21 +93,26 @@ def _ddp_worker(rank, world_size, port, head_half, control_half, results):
     torch.distributed.destroy_process_group()
 
 
-def test_ddp_reduction_equals_one_process():
-    import socket
+def test_ddp_reduction_equals_one_process(tmp_path):
+    """Two gloo processes, each with a share of the frames, gather the per-frame sums and
+    give the one-process metrics. They meet through a file (``file_rendezvous``), not a TCP
+    port picked beforehand (that port could be taken before the workers bind it).
 
+    Mutation tried: ``gather_frames`` returning the rank's own share (``every_rank``
+    skipped): fails.
+    """
     import torch.multiprocessing as mp
 
     head, control, _ = synthetic(lambda t, c, e, g: c + 0.3 * e + 0.1 * t)
     single = result_of(head, control)
     halves = ([head[:15], head[15:]], [control[:15], control[15:]])  # unequal shares
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
     context = mp.get_context("spawn")
     results = context.Queue()
     mp.start_processes(
-        _ddp_worker, args=(2, port, *halves, results), nprocs=2, start_method="spawn"
+        _ddp_worker,
+        args=(2, file_rendezvous(tmp_path), *halves, results),
+        nprocs=2,
+        start_method="spawn",
     )
     assert results.get(timeout=60) == pytest.approx(single, rel=1e-12)
 
@@ -153,3 +157,64 @@ def test_undefined_values_are_null_in_json_and_na_in_the_table(tmp_path):
     write_report(report, tmp_path)
     text = (tmp_path / "spectral_report.json").read_text()
     assert "NaN" not in text and json.loads(text)["per_l"]["5"]["rho"] is None
+
+
+def written(report, directory):
+    """A report as ``spectral_report.json`` holds it (non-finite numbers as null)."""
+    import json
+
+    from nequip_spectral.report import write_report
+
+    write_report(report, directory)
+    return json.loads((directory / "spectral_report.json").read_text())
+
+
+def test_synthetic_reports_match_the_json_schema(tmp_path):
+    """The JSON schema of the report (``nequip_spectral/report/schema.json``) holds for
+    reports of every shape ``build_report`` writes: both spectra from two backbones, the
+    energy spectrum alone, null heads, no cliff (``l_values`` without ``d_r L + 1``), and
+    undefined values (no injected power at an ``l``: rho, the ratio and its interval null).
+    A key added to or dropped from the report, or a wrong type, is an error.
+
+    Mutation tried: ``per_l_std`` dropped from the report (``build_report``): fails.
+    """
+    from nequip_spectral.report import build_report
+
+    recovered, control, _ = synthetic(lambda t, c, e, g: t)
+    lost, _, _ = synthetic(lambda t, c, e, g: c + 0.2 * e, seed=1)
+    silent = recovered.copy()
+    silent[:, 3:5] = 1e-17, 1e-34  # no injected signal
+    per_l = np.stack([recovered, lost], 1)  # (frames, l = 4, 5, sums)
+    both = np.stack([per_l, per_l], 1)  # (frames, kinds, l, sums)
+    controls = np.stack([control, control], 1)
+    reports = {
+        "two backbones": as_frames(np.stack([both, both[:, :, ::-1]]),
+                                   np.stack([controls, controls]), (4, 5)),
+        "energy alone": as_frames(both[None, :, 1:], controls[None, :, 1:], (4, 5), ("energy",)),
+        "null heads": as_frames(np.concatenate([both, both[:, :, ::-1]], 2)[None],
+                                controls[None], (4, 5)),
+        "no cliff": as_frames(both[None], controls[None], (3, 4)),
+        "undefined": as_frames(np.stack([np.stack([recovered, silent], 1)] * 2, 1)[None],
+                               controls[None], (4, 5)),
+    }
+    for case, frames in reports.items():
+        report = written(build_report(frames), tmp_path / case.replace(" ", "_"))
+        assert report_schema_errors(report) == [], case
+        if case == "null heads":
+            assert report["null_heads"] and "null_rho_forces_ci95" in report["per_l"]["4"]
+        if case == "no cliff":
+            assert "note" in report["cliff"] and "delta" not in report
+        if case == "undefined":
+            assert report["cliff"]["ratio"] is None and report["per_l"]["5"]["rho"] is None
+
+    report = written(build_report(reports["two backbones"]), tmp_path / "changed")
+    assert report_schema_errors({**report, "new_key": 1}) == [
+        "$: Additional properties are not allowed ('new_key' was unexpected)"
+    ]
+    assert report_schema_errors({k: v for k, v in report.items() if k != "per_l_std"}) == [
+        "$: 'per_l_std' is a required property"
+    ]
+    row = {**report["per_l"]["4"], "rho_forces": "0.5"}
+    assert report_schema_errors({**report, "per_l": {**report["per_l"], "4": row}})
+    no_delta = {k: v for k, v in report.items() if k != "delta"}  # the bootstrap ran
+    assert report_schema_errors(no_delta)
