@@ -6,7 +6,7 @@ import math
 import ase.data
 import torch
 from nequip.data import AtomicDataDict, from_ase
-from nequip.nn.utils import with_edge_vectors_
+from nequip.nn import with_edge_vectors_
 
 from .._keys import (
     MARKED_CENTER_KEY,
