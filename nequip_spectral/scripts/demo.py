@@ -3,8 +3,8 @@
 A thin wrapper over the two ``nequip-train`` calls the README spells out, on the bundled
 aspirin data, from any directory (the example configs ship with the package)::
 
-    nequip-train -cp example_configs -cn aspirin_backbone.yaml hydra.run.dir=OUT/backbone
-    nequip-train -cp example_configs -cn aspirin_probe.yaml hydra.run.dir=OUT/probe \\
+    nequip-train -cp "$PWD/example_configs" -cn aspirin_backbone.yaml hydra.run.dir=OUT/backbone
+    nequip-train -cp "$PWD/example_configs" -cn aspirin_probe.yaml hydra.run.dir=OUT/probe \\
         'spectral_probe.backbones=[OUT/backbone/best.ckpt]'
 """
 

@@ -10,14 +10,17 @@ import math
 
 import numpy as np
 
+MIN_ESTIMATED = 8  # values a block-length estimate needs
+
 
 def choose_block_length(series: np.ndarray) -> int:
     """The block length for a time-ordered series: the Politis-White estimate
-    (``arch.bootstrap.optimal_block_length``, circular column), rounded up, at least 1."""
+    (``arch.bootstrap.optimal_block_length``, circular column), rounded up, at least 1; 1 for
+    fewer than ``MIN_ESTIMATED`` values (the estimate needs more: arch fails below 8)."""
     from arch.bootstrap import optimal_block_length
 
     series = np.asarray(series, dtype=float)
-    if len(series) < 3 or not np.all(np.isfinite(series)) or np.ptp(series) == 0:
+    if len(series) < MIN_ESTIMATED or not np.all(np.isfinite(series)) or np.ptp(series) == 0:
         return 1
     estimate = float(optimal_block_length(series)["circular"].iloc[0])
     return int(min(len(series), max(1, math.ceil(estimate))))

@@ -141,3 +141,12 @@ def test_the_report_gives_intervals_and_the_block_length(tmp_path):
     frames.save(tmp_path / "frames.npz")
     assert build_report(FrameSums.load(tmp_path / "frames.npz")) == report
     assert build_report(frames, block_length=1)["bootstrap"]["block_length"] == 1
+
+
+def test_a_short_series_gets_blocks_of_one_frame():
+    """A test split of a few frames (arch's estimate fails on fewer than 8 values)."""
+    from nequip_spectral.theory.bootstrap import choose_block_length
+
+    rng = np.random.default_rng(0)
+    assert [choose_block_length(rng.normal(size=n)) for n in range(1, 8)] == [1] * 7
+    assert choose_block_length(np.sin(np.arange(200) / 10)) > 1  # a correlated series: longer
