@@ -303,6 +303,8 @@ class _ForcesThroughBackbone(torch.autograd.Function):
 
 # directions a batched Jacobian-vector product takes at once (bounds its memory)
 JVP_CHUNK = 64
+# batched Jacobian-vector products: None, on any device but the CPU (the benchmark sets it)
+BATCHED_JVP: bool | None = None
 
 
 def feature_derivatives(features, pos, tangents, batched: bool | None = None) -> torch.Tensor:
@@ -313,10 +315,10 @@ def feature_derivatives(features, pos, tangents, batched: bool | None = None) ->
     :math:`u \mapsto J^\top u`. ``batched`` (default: on any device but the CPU) takes
     ``JVP_CHUNK`` directions in one vmapped backward pass, a few kernel launches for all of
     them; else one backward pass a direction, which measures faster on the CPU
-    (``nequip-spectral-benchmark``).
+    (``nequip-spectral-benchmark --jvp loop|batched``). ``None``: ``BATCHED_JVP``.
     """
     if batched is None:
-        batched = pos.device.type != "cpu"
+        batched = BATCHED_JVP if BATCHED_JVP is not None else pos.device.type != "cpu"
     u = torch.zeros_like(features, requires_grad=True)
     (vjp,) = torch.autograd.grad(features, pos, u, create_graph=True)
     if batched:

@@ -93,12 +93,16 @@ def _peak_mb(start_rss, device):
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 - start_rss
 
 
-def _child(threads, device):
-    """A child's set-up (a spawned process starts bare): NequIP's state, threads, the clock."""
+def _child(threads, device, jvp):
+    """A child's set-up (a spawned process starts bare): NequIP's state, threads, how
+    Jacobian-vector products are taken, the clock."""
     from nequip.utils.global_state import set_global_state
+
+    from ..nn import probe
 
     set_global_state()
     torch.set_num_threads(threads)
+    probe.BATCHED_JVP = {"auto": None, "loop": False, "batched": True}[jvp]
     device = torch.device(device)
 
     def clock():  # seconds, once the device has finished what it was given
@@ -115,13 +119,13 @@ def _to(batch, device):
     return AtomicDataDict.to_(dict(batch), device)
 
 
-def _train_steps(name, l_values, force_spectrum, batches, warmup, threads, device, queue):
+def _train_steps(name, l_values, force_spectrum, batches, warmup, threads, device, jvp, queue):
     """Run in a child: seconds per training step, first epoch and later (cached) epochs."""
     from nequip.train import EnergyForceLoss
 
     from ..train import SpectralProbeMetrics
 
-    device, clock, start_rss = _child(threads, device)
+    device, clock, start_rss = _child(threads, device, jvp)
     if name == "backbone":
         model = _backbone()
         loss = EnergyForceLoss(type_names=TYPE_NAMES)
@@ -146,11 +150,12 @@ def _train_steps(name, l_values, force_spectrum, batches, warmup, threads, devic
     queue.put({"first": step[0], "later": step.get(1, step[0]), "peak_mb": peak})
 
 
-def _closed_form(l_values, force_spectrum, directions, batches, warmup, threads, device, queue):
+def _closed_form(l_values, force_spectrum, directions, batches, warmup, threads, device, jvp,
+                 queue):  # fmt: skip
     """Run in a child: seconds per frame of the closed-form pass, and of the solve."""
     from ..solvers.closed_form import add_least_squares, solve_heads
 
-    device, clock, start_rss = _child(threads, device)
+    device, clock, start_rss = _child(threads, device, jvp)
     model, _ = _probe(l_values, force_spectrum, "closed_form", directions)
     model.to(device)
     batches = [_to(batch, device) for batch in batches]
@@ -192,6 +197,9 @@ def main(argv=None) -> None:
     parser.add_argument("--threads", type=int, default=1, help="CPU threads (default: 1)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
                         help="where it all runs (default: cuda when there is one, else cpu)")
+    parser.add_argument("--jvp", choices=["auto", "loop", "batched"], default="auto",
+                        help="Jacobian-vector products one direction at a time (loop), in vmapped "
+                        "chunks (batched), or by device (auto: loop on the CPU; default)")
     args = parser.parse_args(argv)
 
     from nequip.utils.global_state import set_global_state
@@ -213,11 +221,12 @@ def main(argv=None) -> None:
         return queue.get()
 
     def steps(name, ls, forces):
-        return in_child(_train_steps, name, ls, forces, batches, warmup, args.threads, args.device)
+        return in_child(_train_steps, name, ls, forces, batches, warmup, args.threads, args.device,
+                        args.jvp)  # fmt: skip
 
     def closed(ls, forces, directions=None):
         return in_child(_closed_form, ls, forces, directions, batches, warmup, args.threads,
-                        args.device)  # fmt: skip
+                        args.device, args.jvp)  # fmt: skip
 
     backbone = steps("backbone", few, True)
     epoch = backbone["first"] * EPOCH_FRAMES / args.batch_size  # seconds, the unit
@@ -236,8 +245,8 @@ def main(argv=None) -> None:
             name = f"closed form, l 0..{ls[-1]}, {label}{sketch}"
             rows.append((name, total, result["peak_mb"], result))
     print(
-        f"{args.device}: {args.batch_size} frames a batch, {args.steps} timed batches, "
-        f"{args.threads} thread(s);"
+        f"{args.device}, jvp {args.jvp}: {args.batch_size} frames a batch, {args.steps} timed "
+        f"batches, {args.threads} thread(s);"
         f" a backbone-training epoch = {EPOCH_FRAMES} frames = {epoch:.1f} s "
         f"(peak {backbone['peak_mb']:.0f} MB)"
     )
