@@ -581,3 +581,23 @@ def test_backbones_of_different_degree_are_refused(tiny_backbone, tiny_backbone_
     probe = {"backbones": [tiny_backbone["ckpt"], tiny_backbone_l1], "l_values": [2]}
     with pytest.raises(SpectralProbeError, match="different degrees L"):
         build(probe)
+
+
+def test_marked_centers_reach_the_probe_through_nequips_graph_model(tiny_backbone,
+                                                                    aspirin_atoms):  # fmt: skip
+    """NequIP's ``GraphModel`` passes on only the fields its model declares: with
+    ``center_fraction`` and ``readout: centers`` the heads read the frame's marked centers
+    through the whole model, as nequip-train calls it. (Fails without ``spectral_center`` in
+    the probe's ``irreps_in``: a KeyError in the readout.)"""
+    from nequip_spectral._keys import MARKED_CENTER_KEY
+
+    probe = {"backbones": [tiny_backbone["ckpt"]], "l_values": [1], "readout": "centers",
+             "center_fraction": 0.5, "force_spectrum": False}  # fmt: skip
+    model = build(probe)
+    assert MARKED_CENTER_KEY in model.model_input_fields
+    batch = aspirin_batch(aspirin_atoms[:2], probe)
+    marked = batch[MARKED_CENTER_KEY].view(-1).bool()
+    out = model(batch)
+    readout = model.model.read(batch, torch.float64).readout.view(-1).bool()
+    assert torch.equal(readout, marked) and 0 < int(marked.sum()) < len(marked)
+    assert torch.isfinite(out[head_energy_key(0, head_name(1, ENERGY_FIT))]).all()
