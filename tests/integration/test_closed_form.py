@@ -237,8 +237,8 @@ def test_a_head_differs_from_the_control_by_the_ridge_fit_of_its_injection(solve
     _, model, train, validation = solved
     solve_heads(model.model, train, validation, 1.0, 1.0)
     heads = model.model.heads[FORCE_FIT][0]
-    for h, alpha in enumerate(heads.alpha[:-1].tolist()):
-        injected = torch.zeros(4, 1, dtype=torch.float64)  # t_h - t_none
+    for h, alpha in enumerate(heads.alpha[:-1].tolist()):  # every head but the control
+        injected = torch.zeros(len(model.model.targets), 1, dtype=torch.float64)  # t_h - t_none
         injected[h], injected[-1] = 1.0, -1.0
         alone = solve_ridge(train[FORCE_FIT][0].with_targets(injected),
                             validation[FORCE_FIT][0].with_targets(injected), 1.0, 1.0,
