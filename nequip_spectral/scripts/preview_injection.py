@@ -58,6 +58,9 @@ def main(argv=None) -> None:
                         help="neighbor species (default: %(default)s)")
     parser.add_argument("--seed", type=int, default=defaults.seed,
                         help="probe seed: the marked directions (default: %(default)s)")
+    parser.add_argument("--center-fraction", type=float, default=None,
+                        help="a seeded fraction of the center atoms as centers, for one-element "
+                        "systems (spectral_probe.center_fraction; default: every center atom)")
     args = parser.parse_args(argv)
     torch.set_default_dtype(torch.float64)
     probe = SpectralProbeConfig(
@@ -66,6 +69,7 @@ def main(argv=None) -> None:
         cutoff=args.cutoff,
         centers=tuple(args.centers),
         neighbors=tuple(args.neighbors),
+        center_fraction=args.center_fraction,
         seed=args.seed,
     )
     frames = ase.io.read(args.dataset, index=f":{args.frames}")

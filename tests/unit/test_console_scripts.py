@@ -144,6 +144,24 @@ def test_preview_prints_the_injected_size_of_every_l(capsys):
         assert np.isfinite(mean) and std > 0 and force_rms > 0 and ratio > 0
 
 
+def test_preview_takes_a_one_element_system_with_a_center_fraction(tmp_path, capsys):
+    """Cu centers and Cu neighbors: refused without ``--center-fraction``, previewed with it,
+    odd ``l`` included."""
+    from nequip_spectral.config import SpectralProbeError
+    from nequip_spectral.data.materials import generate_material
+
+    path = tmp_path / "cu.extxyz"
+    ase.io.write(path, generate_material("Cu", 3, size=2, equilibration_steps=20))
+    preview = main_of("nequip-spectral-preview")
+    one_element = [str(path), "--l-values", "1", "2", "--centers", "Cu", "--neighbors", "Cu"]
+    with pytest.raises(SpectralProbeError, match="center_fraction"):
+        preview(one_element)
+    preview([*one_element, "--center-fraction", "0.5"])
+    rows = [line.split() for line in capsys.readouterr().out.splitlines()[2:]]
+    assert [row[0] for row in rows] == ["1", "2"]
+    assert all(float(row[3]) > 0 for row in rows)  # the injected forces, odd l too
+
+
 def test_make_c5_writes_the_frames_it_says_and_refuses_an_existing_file(tmp_path, capsys):
     output = tmp_path / "c5.extxyz"
     make_c5 = main_of("nequip-spectral-make-c5")
