@@ -31,8 +31,9 @@ class SpectralInjection(torch.nn.Module):
         s_l = \sum_{i \in C} \sum_{j \in N(i)} f_c(r_{ij}) \sqrt{2l+1}
             P_l(\hat n \cdot \hat r_{ij}),
 
-    and the marked direction :math:`\hat n` as ``spectral_direction``. With the closed form,
-    also ``spectral_null_energy_l{l}`` and ``spectral_null_forces_l{l}``: the same signal
+    and the marked direction :math:`\hat n` as ``spectral_direction``. For every null head
+    (the closed form's, ``l > 0``) also ``spectral_null_energy_l{l}`` and
+    ``spectral_null_forces_l{l}``: the same signal
     along the frame's null direction, drawn independently of :math:`\hat n`, which the null
     heads are fitted to (one more right-hand side each). Energies and forces are left
     untouched. Pairs come from the frame's neighbor list (periodic images
@@ -99,21 +100,22 @@ class SpectralInjection(torch.nn.Module):
         centers, neighbors = edge_index[:, is_pair]
         dtype = data[AtomicDataDict.POSITIONS_KEY].dtype
 
-        def inject(along, energy_key, forces_key):  # eps s_l and -eps grad s_l, every l
+        def inject(along, l_values, energy_key, forces_key):  # eps s_l, -eps grad s_l
             values, gradients = pair_signal(
-                edge_vectors[is_pair], along, self.probe.l_values, self.probe.cutoff
+                edge_vectors[is_pair], along, l_values, self.probe.cutoff
             )
             # r_ij = r_j - r_i: d s / d r_j = +gradient, d s / d r_i = -gradient
             grad_pos = torch.zeros(len(numbers), *gradients.shape[1:], dtype=torch.float64)
             grad_pos.index_add_(0, neighbors, gradients).index_add_(0, centers, -gradients)
             energies, forces = values.sum(0), -grad_pos
-            for k, l in enumerate(self.probe.l_values):
+            for k, l in enumerate(l_values):
                 data[energy_key(l)] = (self.probe.amplitude * energies[k]).view(1, 1).to(dtype)
                 data[forces_key(l)] = (self.probe.amplitude * forces[:, k]).to(dtype)
 
-        inject(direction, injected_energy_key, injected_forces_key)
-        if self.probe.solver == "closed_form":  # the null heads' signal
-            inject(self.null_direction(data), null_energy_key, null_forces_key)
+        inject(direction, self.probe.l_values, injected_energy_key, injected_forces_key)
+        nulls = [null.l for null in self.probe.null_heads]
+        if nulls:  # the null heads' signal
+            inject(self.null_direction(data), nulls, null_energy_key, null_forces_key)
         data[MARKED_DIRECTION_KEY] = read.view(1, 3).to(dtype)
         if self.probe.center_fraction is not None:
             data[MARKED_CENTER_KEY] = marked.view(-1, 1).to(torch.long)

@@ -228,10 +228,10 @@ class SpectralProbeModel(GraphModuleMixin, torch.nn.Module):
         types = data[AtomicDataDict.ATOM_TYPE_KEY].view(-1)
         direction = data[MARKED_DIRECTION_KEY].to(dtype).view(-1, 3)[frames]
         readout = torch.ones(pos.shape[0], 1, dtype=dtype, device=pos.device)
-        if self.probe.readout == "centers" and self.probe.center_fraction is not None:
-            readout = data[MARKED_CENTER_KEY].to(dtype).view(-1, 1)  # the frame's own centers
-        elif self.probe.readout == "centers":
+        if self.probe.readout == "centers" and self.probe.center_fraction is None:
             readout = torch.isin(types, self.center_types).to(dtype).unsqueeze(-1)
+        elif self.probe.readout == "centers":
+            readout = data[MARKED_CENTER_KEY].to(dtype).view(-1, 1)  # the frame's own centers
         return ProbeBatch(data, pos, frames, types, AtomicDataDict.num_frames(data),
                           self.harmonics(direction), readout)  # fmt: skip
 
@@ -307,18 +307,17 @@ JVP_CHUNK = 64
 BATCHED_JVP: bool | None = None
 
 
-def feature_derivatives(features, pos, tangents, batched: bool | None = None) -> torch.Tensor:
+def feature_derivatives(features, pos, tangents) -> torch.Tensor:
     r"""``(S, atoms, channels)``: the derivatives :math:`J t_s` of the tapped features along
     each tangent :math:`t_s` of the positions (``(S, atoms, 3)``).
 
     Jacobian-vector products through the backbone's reverse-mode graph, as the derivative of
-    :math:`u \mapsto J^\top u`. ``batched`` (default: on any device but the CPU) takes
-    ``JVP_CHUNK`` directions in one vmapped backward pass, a few kernel launches for all of
-    them; else one backward pass a direction, which measures faster on the CPU
-    (``nequip-spectral-benchmark --jvp loop|batched``). ``None``: ``BATCHED_JVP``.
+    :math:`u \mapsto J^\top u`. Batched (``BATCHED_JVP``; ``None``: on any device but the
+    CPU): ``JVP_CHUNK`` directions in one vmapped backward pass, a few kernel launches for all
+    of them; else one backward pass a direction, which measures faster on the CPU
+    (``nequip-spectral-benchmark --jvp loop|batched``).
     """
-    if batched is None:
-        batched = BATCHED_JVP if BATCHED_JVP is not None else pos.device.type != "cpu"
+    batched = BATCHED_JVP if BATCHED_JVP is not None else pos.device.type != "cpu"
     u = torch.zeros_like(features, requires_grad=True)
     (vjp,) = torch.autograd.grad(features, pos, u, create_graph=True)
     if batched:

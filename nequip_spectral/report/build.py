@@ -35,7 +35,6 @@ def _finite(x):
     return None if x is None or not np.isfinite(x) else float(x)
 
 
-
 def build_report(
     frames: FrameSums,
     n_bootstrap: int | None = None,

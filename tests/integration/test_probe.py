@@ -275,9 +275,8 @@ def test_feature_derivatives_equal_finite_differences(any_probe, aspirin_atoms, 
     moving = pos.detach().requires_grad_()
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(probe_module, "JVP_CHUNK", 2)  # several chunks, the last one short
-        derivatives = probe_module.feature_derivatives(
-            features_at(moving), moving, tangents, batched
-        )
+        patch.setattr(probe_module, "BATCHED_JVP", batched)
+        derivatives = probe_module.feature_derivatives(features_at(moving), moving, tangents)
     h = 1e-6
     with torch.no_grad():
         for tangent, derivative in zip(tangents, derivatives, strict=True):
