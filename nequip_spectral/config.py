@@ -27,6 +27,7 @@ _TARGETS = ("residual", "injected")
 _ACTIVATIONS = (None, "gate")
 _READOUTS = ("all", "centers")
 _SOLVERS = ("closed_form", "sgd")
+_RIDGE_SELECTIONS = ("leave_one_out", "validation")
 
 
 def _fail(key: str, message: str):
@@ -74,6 +75,7 @@ class SpectralProbeConfig:
         force_spectrum: true
         feature_budget: 8000
         force_directions: null
+        ridge_selection: leave_one_out
         feature_tap: auto
         seed: 0
 
@@ -104,6 +106,11 @@ class SpectralProbeConfig:
         feature_budget: ``closed_form``: the most polynomial features per head
         force_directions: ``closed_form``: ``null`` fits every force component; a number
           ``S`` fits ``S`` random directions per frame instead (a sketch, for large systems)
+        ridge_selection: ``closed_form``: how each energy-spectrum head's ridge strength is
+          chosen: ``leave_one_out`` (exact leave-one-frame-out on the training and validation
+          frames together, fitted on both) or ``validation`` (on the validation frames); the
+          force spectrum's heads always use the validation frames (their force rows are kept
+          as sums, so a frame cannot be left out)
         feature_tap: which backbone features the SPN reads (``auto``)
         seed: seed of the marked directions, the marked centers and the SPN weights
 
@@ -155,6 +162,7 @@ class SpectralProbeConfig:
     force_spectrum: bool = True
     feature_budget: int = 8000
     force_directions: int | None = None
+    ridge_selection: str = "leave_one_out"
     feature_tap: str = "auto"
     seed: int = 0
 
@@ -258,6 +266,11 @@ class SpectralProbeConfig:
         directions = self.force_directions
         if directions is not None and (not _is_int(directions) or directions < 1):
             _fail("force_directions", f"must be null (all) or positive, got {directions!r}")
+        if self.ridge_selection not in _RIDGE_SELECTIONS:
+            _fail(
+                "ridge_selection",
+                f"must be one of {list(_RIDGE_SELECTIONS)}, got {self.ridge_selection!r}",
+            )
         if not isinstance(self.feature_tap, str) or not self.feature_tap:
             _fail("feature_tap", f"must be 'auto' or a module name, got {self.feature_tap!r}")
         if not _is_int(self.seed):

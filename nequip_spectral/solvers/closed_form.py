@@ -3,11 +3,13 @@
 Every head of the probe is linear in its weights (``solver: closed_form``), so fitting it is a
 ridge regression (:mod:`nequip_spectral.theory.ridge`). One pass over the training split
 collects every backbone's least-squares data (energy rows, a force row per force component or
-per sketched direction), one over the validation split the same for choosing each head's ridge
-strength; under DDP each rank takes every ``world``-th batch and the data are joined before
-solving. The energy spectrum's heads are then solved on energies alone, the force spectrum's
-on energies and forces with the loss's weights (each head relative to the control head, see
-:func:`solve_heads`), and the solutions are loaded into the heads.
+per sketched direction), one over the validation split the same; under DDP each rank takes
+every ``world``-th batch and the data are joined before solving. The energy spectrum's heads
+are then solved on energies alone, each ridge strength chosen by exact leave-one-frame-out on
+both splits (``ridge_selection: leave_one_out``) or on the validation split; the force
+spectrum's on energies and forces with the loss's weights, chosen on the validation split
+(each head relative to the control head, see :func:`solve_heads`); the solutions are loaded
+into the heads.
 """
 
 import time
@@ -131,7 +133,8 @@ def solve_heads(probe_model, train, validation, energy_coeff, forces_coeff, alph
 
     Args:
         probe_model: the :class:`~nequip_spectral.nn.SpectralProbeModel`
-        train, validation: the splits' data from :func:`collect`
+        train, validation: the splits' data from :func:`collect`; the energy spectrum's
+            heads are fitted on both when ``ridge_selection`` is ``leave_one_out``
         energy_coeff, forces_coeff: the force spectrum's loss weights
         alphas: the grid of ridge strengths
 
@@ -146,13 +149,17 @@ def solve_heads(probe_model, train, validation, energy_coeff, forces_coeff, alph
     num_heads = len(probe_model.targets)
     relative = torch.eye(num_heads, dtype=torch.float64)
     relative[-1, :-1] = -1.0
+    leave_one_out = probe_model.probe.ridge_selection == "leave_one_out"
     chosen = {}
     for fit in probe_model.fits:
         chosen[fit] = []
         for b, heads in enumerate(probe_model.heads[fit]):
+            fitting, choosing = train[fit][b], validation[fit][b]
+            if fit == ENERGY_FIT and leave_one_out:  # every frame fits, and chooses left out
+                fitting, choosing = LeastSquaresData.joined([fitting, choosing]), None
             solution = solve_ridge(
-                train[fit][b].with_targets(relative),
-                validation[fit][b].with_targets(relative),
+                fitting.with_targets(relative),
+                choosing and choosing.with_targets(relative),
                 *weights[fit],
                 alphas,
             )
@@ -194,8 +201,11 @@ def describe_solution(result: dict, probe_model) -> str:
         f" s, solved in {result['seconds_solve']:.1f} s"
     ]
     for fit, per_backbone in result["heads"].items():
+        left_out = fit == ENERGY_FIT and probe_model.probe.ridge_selection == "leave_one_out"
+        how = "leave-one-frame-out" if left_out else "the validation frames"
         for b, chosen in enumerate(per_backbone):
             alphas = " ".join(f"{a:.0e}" for a in chosen["alpha"])
             edge = " (some at the grid's edge)" if any(chosen["at_edge"]) else ""
-            lines.append(f"  backbone {b}, {fit} heads: ridge strengths {alphas}{edge}")
+            lines.append(f"  backbone {b}, {fit} heads: ridge strengths {alphas}{edge}, "
+                         f"chosen by {how}")  # fmt: skip
     return "\n".join(lines)

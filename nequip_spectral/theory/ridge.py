@@ -84,20 +84,23 @@ class LeastSquaresData:
         self.force_targets += (targets.T @ targets).cpu()
         self.force_components += components
 
-    def all_ranks(self) -> "LeastSquaresData":
-        """Every rank's data together (itself without DDP): rows joined, sums added."""
-        parts = every_rank(self)
+    @classmethod
+    def joined(cls, parts: list["LeastSquaresData"]) -> "LeastSquaresData":
+        """The data of ``parts`` together: energy rows joined, force sums added."""
         if len(parts) == 1:
-            return self
-        fields = dataclasses.fields(self)
-        return LeastSquaresData(
+            return parts[0]
+        return cls(
             *[
                 torch.cat([getattr(p, f.name) for p in parts])
                 if f.name.startswith("energy")
                 else sum(getattr(p, f.name) for p in parts)
-                for f in fields
+                for f in dataclasses.fields(cls)
             ]
         )
+
+    def all_ranks(self) -> "LeastSquaresData":
+        """Every rank's data together (itself without DDP)."""
+        return self.joined(every_rank(self))
 
     @property
     def num_frames(self) -> int:
@@ -140,14 +143,15 @@ class RidgeSolution:
         intercepts: ``(types, heads)`` per-type energies :math:`c`
         alpha: ``(heads,)`` the chosen ridge strengths
         at_edge: ``(heads,)`` whether a chosen strength is the grid's first or last
-        validation_loss: ``(alphas, heads)`` the loss on the validation data
+        selection_loss: ``(alphas, heads)`` the loss that chose: on the validation data, or
+            leave-one-frame-out
     """
 
     weights: torch.Tensor
     intercepts: torch.Tensor
     alpha: np.ndarray
     at_edge: np.ndarray
-    validation_loss: np.ndarray
+    selection_loss: np.ndarray
 
 
 def _loss(data, weights, intercepts, energy_coeff, forces_coeff) -> torch.Tensor:
@@ -175,15 +179,17 @@ def _symmetric_eigh(matrix: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 def solve_ridge(
     train: LeastSquaresData,
-    validation: LeastSquaresData,
+    validation: LeastSquaresData | None,
     energy_coeff: float = 1.0,
     forces_coeff: float = 1.0,
     alphas: np.ndarray = ALPHAS,
 ) -> RidgeSolution:
-    """The ridge solution of every head, its strength chosen on ``validation`` (module doc).
+    """The ridge solution of every head, its strength chosen on ``validation`` (module doc),
+    or, with ``validation=None``, by exact leave-one-frame-out on ``train`` itself
+    (:func:`leave_one_out_losses`; energy rows only).
 
     Args:
-        train, validation: the two splits' data
+        train, validation: the fitting data and the data that choose each strength
         energy_coeff, forces_coeff: the loss weights of energies and forces; a zero drops the
             kind (``forces_coeff = 0``: the energy spectrum's question)
         alphas: the grid of ridge strengths (relative: the scaled normal matrix has a unit
@@ -192,6 +198,11 @@ def solve_ridge(
     use_forces = bool(forces_coeff) and float(train.force_components) > 0
     if not energy_coeff and not use_forces:
         raise ValueError("solve_ridge: nothing to fit (no energy weight and no force rows)")
+    if validation is None and use_forces:
+        raise ValueError(
+            "solve_ridge: leave-one-out needs every row, and force rows are kept as sums; "
+            "pass the validation data"
+        )
     # the intercept fits energies only; partial it out of the energy rows (Frisch-Waugh)
     projector = torch.linalg.pinv(train.energy_types)  # targets -> least-squares intercepts
     rows = train.energy_rows - train.energy_types @ (projector @ train.energy_rows)
@@ -226,12 +237,18 @@ def solve_ridge(
         intercepts = projector @ (train.energy_targets - train.energy_rows @ weights)
         return weights, intercepts
 
-    losses = np.stack(
-        [
-            _loss(validation, *solution(alpha), energy_coeff, forces_coeff * use_forces).numpy()
-            for alpha in alphas
-        ]
-    )
+    if validation is None:
+        losses = energy_coeff * leave_one_out_losses(
+            scaled @ basis, eigenvalues, targets, train.energy_types, alphas
+        )
+    else:
+        losses = np.stack(
+            [
+                _loss(validation, *solution(alpha), energy_coeff, forces_coeff * use_forces)
+                .numpy()
+                for alpha in alphas
+            ]
+        )
     best = losses.argmin(0)
     solved = {i: solution(alphas[i]) for i in set(best.tolist())}  # once per chosen strength
     return RidgeSolution(
@@ -239,5 +256,33 @@ def solve_ridge(
         intercepts=torch.stack([solved[i][1][:, h] for h, i in enumerate(best)], 1),
         alpha=np.asarray(alphas)[best],
         at_edge=(best == 0) | (best == len(alphas) - 1),
-        validation_loss=losses,
+        selection_loss=losses,
     )
+
+
+def leave_one_out_losses(modes, eigenvalues, targets, types, alphas) -> np.ndarray:
+    r"""``(alphas, heads)``: each head's mean squared leave-one-frame-out error, exactly.
+
+    The fitted energies are :math:`H t` with the hat matrix :math:`H = P + Z (\Lambda +
+    \alpha)^{-1} Z^\top` (:math:`P` the per-type intercepts' projector, :math:`Z` the
+    intercept-free, scaled energy rows in the eigenbasis of the normal matrix), so the error
+    on frame :math:`i` of the heads fitted without it is :math:`(t - H t)_i / (1 - H_{ii})`:
+    one eigendecomposition gives every frame's and every strength's.
+
+    Args:
+        modes: ``(frames, modes)`` :math:`Z`, the scaled rows times the eigenvectors
+        eigenvalues: ``(modes,)`` :math:`\Lambda`
+        targets: ``(frames, heads)`` the energy targets, intercepts partialled out
+        types: ``(frames, types)`` the intercept's rows
+        alphas: the ridge strengths
+    """
+    intercept_leverage = (types * torch.linalg.pinv(types).T).sum(1)
+    projected = modes.T @ targets  # (modes, heads)
+    losses = []
+    for alpha in alphas:
+        shrink = 1.0 / (eigenvalues.clamp(min=0) + alpha)
+        residual = targets - modes @ (projected * shrink[:, None])
+        leverage = intercept_leverage + (modes.square() * shrink).sum(1)
+        remaining = (1.0 - leverage).clamp(min=1e-12)[:, None]  # 1: a frame nothing else fits
+        losses.append((residual / remaining).square().mean(0).numpy())
+    return np.stack(losses)

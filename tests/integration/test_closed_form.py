@@ -98,7 +98,7 @@ def test_solution_is_the_ridge_argmin(frames, force_rows):
     if frames > 12:  # well posed: the validation frames choose inside the grid
         assert not solution.at_edge.any()
     chosen = [list(ALPHAS).index(alpha) for alpha in solution.alpha]
-    assert (solution.validation_loss.argmin(0) == chosen).all()
+    assert (solution.selection_loss.argmin(0) == chosen).all()
 
 
 def test_all_heads_at_once_equal_each_head_alone():

@@ -41,6 +41,7 @@ def test_defaults_and_dictconfig():
         ("force_spectrum", "yes", "true or false"),
         ("feature_budget", 0, "positive integer"),
         ("force_directions", 0, "null (all) or positive"),
+        ("ridge_selection", "gcv", "leave_one_out"),
         ("center_fraction", 0, "strictly between 0 and 1"),
         ("center_fraction", 1, "strictly between 0 and 1"),
         ("center_fraction", 1.5, "strictly between 0 and 1"),
