@@ -28,6 +28,10 @@ _ACTIVATIONS = (None, "gate")
 _READOUTS = ("all", "centers")
 _SOLVERS = ("closed_form", "sgd")
 _RIDGE_SELECTIONS = ("leave_one_out", "validation")
+# force_directions: auto: a frame's Jacobian-vector products touch at most this many
+# atom-directions (every component up to 32 atoms: 96 x 32), and never fewer than 8 directions
+AUTO_ATOM_DIRECTIONS = 3072
+AUTO_MIN_DIRECTIONS = 8
 
 
 def _fail(key: str, message: str):
@@ -74,7 +78,7 @@ class SpectralProbeConfig:
         solver: closed_form
         force_spectrum: true
         feature_budget: 8000
-        force_directions: null
+        force_directions: auto
         ridge_selection: leave_one_out
         feature_tap: auto
         seed: 0
@@ -104,8 +108,11 @@ class SpectralProbeConfig:
         force_spectrum: also fit heads to energies and forces (the force spectrum); the
           energy spectrum (heads fitted to energies alone) is always computed
         feature_budget: ``closed_form``: the most polynomial features per head
-        force_directions: ``closed_form``: ``null`` fits every force component; a number
-          ``S`` fits ``S`` random directions per frame instead (a sketch, for large systems)
+        force_directions: ``closed_form``: the force rows of a frame of ``N`` atoms: ``all``
+          (its ``3N`` components), a number ``S`` (``S`` random directions, a sketch), or
+          ``auto``: every component up to 32 atoms, beyond that a sketch of ``3072 / N``
+          directions (at least 8), so that a frame costs about what a 32-atom frame costs
+          (:meth:`force_rows`)
         ridge_selection: ``closed_form``: how each energy-spectrum head's ridge strength is
           chosen: ``leave_one_out`` (exact leave-one-frame-out on the training and validation
           frames together, fitted on both) or ``validation`` (on the validation frames); the
@@ -161,7 +168,7 @@ class SpectralProbeConfig:
     solver: str = "closed_form"
     force_spectrum: bool = True
     feature_budget: int = 8000
-    force_directions: int | None = None
+    force_directions: int | str = "auto"
     ridge_selection: str = "leave_one_out"
     feature_tap: str = "auto"
     seed: int = 0
@@ -264,8 +271,11 @@ class SpectralProbeConfig:
         if not _is_int(self.feature_budget) or self.feature_budget < 1:
             _fail("feature_budget", f"must be a positive integer, got {self.feature_budget!r}")
         directions = self.force_directions
-        if directions is not None and (not _is_int(directions) or directions < 1):
-            _fail("force_directions", f"must be null (all) or positive, got {directions!r}")
+        if directions not in ("auto", "all") and (not _is_int(directions) or directions < 1):
+            _fail(
+                "force_directions",
+                f"must be 'auto', 'all' or a positive integer, got {directions!r}",
+            )
         if self.ridge_selection not in _RIDGE_SELECTIONS:
             _fail(
                 "ridge_selection",
@@ -290,6 +300,15 @@ class SpectralProbeConfig:
         if self.solver != "closed_form":
             return []
         return [Null(l) for l in self.l_values if l > 0]
+
+    def force_rows(self, num_atoms: int) -> int:
+        """How many force rows (directions) a frame of ``num_atoms`` atoms gets."""
+        components = 3 * num_atoms
+        if self.force_directions == "all":
+            return components
+        if self.force_directions == "auto":
+            return min(components, max(AUTO_MIN_DIRECTIONS, AUTO_ATOM_DIRECTIONS // num_atoms))
+        return min(components, self.force_directions)
 
     @property
     def direction_field(self) -> str | None:

@@ -14,6 +14,13 @@ def format_table(report: dict) -> str:
             f" {'rho_' + k:>9} {'95% CI':>16} {'rec_' + k:>7} {'null_' + k:>7} "
             f"{'R2inj_' + k:>8}" for k in "FE"),
     ]  # fmt: skip
+    force_rows = report["solver"].get("force_rows")
+    if force_rows:
+        atoms, rows = (" to ".join(map(str, dict.fromkeys(force_rows[k])))
+                       for k in ("atoms", "per_frame"))  # fmt: skip
+        how = "every component" if force_rows["all_components"] else "a random sketch"
+        lines.insert(1, f"force rows: {rows} a frame of {atoms} atoms, {how} "
+                        f"(force_directions: {force_rows['setting']})")  # fmt: skip
 
     def cell(value, width=0, digits=3):
         return f"{'n/a':>{width}}" if value is None else f"{value:>{width}.{digits}f}"

@@ -73,7 +73,7 @@ def _backbone():
     )
 
 
-def _probe(l_values, force_spectrum, solver, directions=None):
+def _probe(l_values, force_spectrum, solver, directions="auto"):
     from nequip.utils import torch_default_dtype
 
     from ..model import freeze_and_tap
@@ -224,7 +224,7 @@ def main(argv=None) -> None:
         return in_child(_train_steps, name, ls, forces, batches, warmup, args.threads, args.device,
                         args.jvp)  # fmt: skip
 
-    def closed(ls, forces, directions=None):
+    def closed(ls, forces, directions="auto"):
         return in_child(_closed_form, ls, forces, directions, batches, warmup, args.threads,
                         args.device, args.jvp)  # fmt: skip
 
@@ -237,11 +237,11 @@ def main(argv=None) -> None:
         sgd_total = (sgd["first"] + (SGD_EPOCHS - 1) * sgd["later"]) * steps_per_epoch
         name = f"sgd, {SGD_EPOCHS} epochs, l 0..{few[-1]}, {label}"
         rows.append((name, sgd_total, sgd["peak_mb"], None))
-        runs = [(few, None), (many, None)] + [(few, 16)] * forces  # (sketched: 16 directions)
+        runs = [(few, "auto"), (many, "auto")] + [(few, 16)] * forces  # (sketched: 16)
         for ls, directions in runs:
             result = closed(ls, forces, directions)
             total = result["per_frame"] * (EPOCH_FRAMES + VALIDATION_FRAMES) + result["solve"]
-            sketch = f", {directions} directions" if directions else ""
+            sketch = f", {directions} directions" if directions != "auto" else ""
             name = f"closed form, l 0..{ls[-1]}, {label}{sketch}"
             rows.append((name, total, result["peak_mb"], result))
     print(

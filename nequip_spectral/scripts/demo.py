@@ -73,7 +73,7 @@ def main(argv=None) -> None:
         [*train, "-cn", "aspirin_probe.yaml", data, f"hydra.run.dir={output / 'probe'}",
          f"max_epochs={args.probe_epochs}", f"solver={args.solver}",
          f"force_spectrum={str(not args.energy_only).lower()}",
-         f"spectral_probe.force_directions={args.force_directions or 'null'}",
+         f"spectral_probe.force_directions={args.force_directions or 'all'}",
          f"spectral_probe.backbones=[{output / 'backbone' / 'best.ckpt'}]", *overrides],
     )  # fmt: skip
     print(

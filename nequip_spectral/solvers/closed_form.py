@@ -31,8 +31,8 @@ def add_least_squares(probe_model, data, systems) -> None:
     Energy rows: the features summed over the readout atoms, per atom. With the force
     spectrum, force rows: the heads' forces along directions ``v``, minus the derivative of
     the features along ``v``, one Jacobian-vector product through the backbone each; every
-    force component (``force_directions: null``), or that many random directions per frame
-    (:func:`force_sketch`). Targets are formed in float64.
+    force component, or a sketch of random directions (``force_directions``,
+    :func:`force_sketch`). Targets are formed in float64.
 
     Args:
         probe_model: the :class:`~nequip_spectral.nn.SpectralProbeModel`
@@ -87,9 +87,8 @@ def force_sketch(batch, probe) -> torch.Tensor:
     from the frame's own digest), zero past its own."""
     pos = batch.pos
     sizes = batch.data[AtomicDataDict.NUM_NODES_KEY].view(-1).tolist()
-    count = probe.force_directions or 3 * pos.shape[0]
     sketches = [
-        sketch_directions(len(p), count, frame_digest(p, t, probe.seed))
+        sketch_directions(len(p), probe.force_rows(len(p)), frame_digest(p, t, probe.seed))
         for p, t in zip(pos.split(sizes), batch.types.split(sizes), strict=True)
     ]
     tangents = torch.zeros(max(len(v) for v in sketches), *pos.shape, dtype=torch.float64)

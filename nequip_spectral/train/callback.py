@@ -145,13 +145,15 @@ class SpectralMetrics(lightning.Callback):
             head, control = batch_frame_sums(
                 output, batch, self.probe, len(self.probe.backbones), kinds
             )
-        self._batches.append((head, control, batch_frame_ids(batch)))
+        atoms = batch[AtomicDataDict.NUM_NODES_KEY].view(-1).cpu()
+        self._batches.append((head, control, batch_frame_ids(batch), atoms))
 
     def on_test_epoch_end(self, trainer, pl_module) -> None:
-        heads, controls, ids = zip(*self._batches, strict=True)
+        heads, controls, ids, atoms = zip(*self._batches, strict=True)
         head = gather_frames(torch.cat(heads, dim=1))
         control = gather_frames(torch.cat(controls, dim=1))
         ids = gather_frames(torch.cat(ids), dim=0)
+        atoms = gather_frames(torch.cat(atoms), dim=0).tolist()
         if trainer.global_rank != 0:
             return
         probe_model = probe_of(pl_module)
@@ -160,7 +162,7 @@ class SpectralMetrics(lightning.Callback):
             "L": probe_model.backbones[0].irreps.lmax,
             "kinds": _kinds(probe_model),
             "head_parameters": probe_model.heads[ENERGY_FIT][0].parameters_per_head,
-            "solver": _solver_summary(probe_model),
+            "solver": _solver_summary(probe_model, atoms),
             "n_bootstrap": self.n_bootstrap,
             "block_length": self.block_length,
         }
@@ -182,13 +184,23 @@ def _kinds(probe_model) -> tuple:
     return KINDS if probe_model.with_forces else ("energy",)
 
 
-def _solver_summary(probe_model) -> dict:
-    """For the report: the closed-form heads' feature count and chosen ridge strengths."""
+def _solver_summary(probe_model, atoms: list[int]) -> dict:
+    """For the report: the closed-form heads' feature count, how their ridge strengths were
+    chosen and which, and the force rows a test frame (of ``atoms`` atoms) gets."""
     summary = {}
     for fit, per_backbone in probe_model.heads.items():
         first = per_backbone[0]
         if hasattr(first, "alpha"):
             summary["features"] = first.features.num_features
             summary["mixed_irreps"] = str(first.features.irreps_mix)
+            summary["ridge_selection"] = probe_model.probe.ridge_selection
             summary[f"alpha_{fit}"] = [heads.alpha.tolist() for heads in per_backbone]
+    if summary and probe_model.with_forces:
+        rows = [probe_model.probe.force_rows(n) for n in atoms]
+        summary["force_rows"] = {
+            "setting": probe_model.probe.force_directions,
+            "atoms": [min(atoms), max(atoms)],
+            "per_frame": [min(rows), max(rows)],
+            "all_components": all(r == 3 * n for r, n in zip(rows, atoms, strict=True)),
+        }
     return summary

@@ -40,7 +40,8 @@ def test_defaults_and_dictconfig():
         ("solver", "adam", "closed_form"),
         ("force_spectrum", "yes", "true or false"),
         ("feature_budget", 0, "positive integer"),
-        ("force_directions", 0, "null (all) or positive"),
+        ("force_directions", 0, "'auto', 'all' or a positive integer"),
+        ("force_directions", None, "'auto', 'all' or a positive integer"),
         ("ridge_selection", "gcv", "leave_one_out"),
         ("center_fraction", 0, "strictly between 0 and 1"),
         ("center_fraction", 1, "strictly between 0 and 1"),
@@ -103,3 +104,17 @@ def test_the_closed_form_has_a_null_head_for_every_l_but_0():
     assert closed.heads == [0, 2, 5, Null(2), Null(5), None]
     sgd = SpectralProbeConfig(backbones=("a.ckpt",), l_values=(0, 2, 5), solver="sgd")
     assert sgd.heads == [0, 2, 5, None]
+
+
+def test_auto_force_rows_are_every_component_for_small_frames_and_bounded_beyond():
+    """``force_directions: auto``: every component up to 32 atoms (aspirin's 63, a 32-atom
+    cell's 96), then a sketch whose Jacobian-vector products touch no more atom-directions
+    than a 32-atom frame's (15 directions for 200 atoms), never fewer than 8."""
+    auto = SpectralProbeConfig.from_block({})
+    assert auto.force_directions == "auto"
+    assert [auto.force_rows(n) for n in (1, 21, 32)] == [3, 63, 96]
+    assert [auto.force_rows(n) for n in (33, 108, 200, 384, 1000)] == [93, 28, 15, 8, 8]
+    assert all(auto.force_rows(n) * n <= 96 * 32 for n in range(1, 385))
+    every = SpectralProbeConfig.from_block({"force_directions": "all"})
+    sketch = SpectralProbeConfig.from_block({"force_directions": 16})
+    assert (every.force_rows(200), sketch.force_rows(200), sketch.force_rows(4)) == (600, 16, 12)
