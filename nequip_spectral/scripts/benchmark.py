@@ -24,6 +24,8 @@ from .._keys import ENERGY_FIT  # (importing _keys registers the fields before t
 from ..data import BUNDLED_ASPIRIN, SpectralInjection, frames_from_ase
 
 TYPE_NAMES = ["C", "H", "O"]
+ALLOY_TYPES, ALLOY_PROBE = ["Au", "Cu"], {"centers": ["Au"], "neighbors": ["Cu"]}  # --cells
+CELL_SIZES = {32: 2, 192: (4, 4, 3)}  # atoms: Cu3Au supercell repeats
 EPOCH_FRAMES = 1050  # the example configs' training split of the bundled file
 VALIDATION_FRAMES = 150
 SGD_EPOCHS = 10  # the example probe config's max_epochs
@@ -54,13 +56,41 @@ def _batches(l_values, batch_size, count):
     ]
 
 
-def _backbone():
+def _cell_batches(atoms: int, count: int):
+    """``count`` single-frame batches of a Cu3Au cell of ``atoms`` atoms, rattled, EMT labels."""
+    from ase.calculators.emt import EMT
+    from ase.calculators.singlepoint import SinglePointCalculator
+    from nequip.data import AtomicDataDict
+    from nequip.data.transforms import ChemicalSpeciesToAtomTypeMapper, NeighborListTransform
+
+    from ..data.materials import material_supercell
+
+    names = ALLOY_TYPES
+    transforms = [
+        ChemicalSpeciesToAtomTypeMapper(
+            model_type_names=names, chemical_species_to_atom_type_map={s: s for s in names}
+        ),
+        NeighborListTransform(r_max=5.0),
+        SpectralInjection({"l_values": list(range(8)), **ALLOY_PROBE}, r_max=5.0),
+    ]
+    cells = []
+    for seed in range(count):
+        cell = material_supercell("Cu3Au", CELL_SIZES[atoms])
+        cell.rattle(0.05, seed=seed)
+        cell.calc = EMT()
+        cell.calc = SinglePointCalculator(cell, energy=cell.get_potential_energy(),
+                                          forces=cell.get_forces())  # fmt: skip
+        cells.append(cell)
+    return [AtomicDataDict.batched_from_list([f]) for f in frames_from_ase(cells, transforms)]
+
+
+def _backbone(type_names=TYPE_NAMES):
     from nequip.model import NequIPGNNModel
 
     return NequIPGNNModel(
         seed=0,
         model_dtype="float32",
-        type_names=TYPE_NAMES,
+        type_names=type_names,
         r_max=5.0,
         l_max=2,
         num_layers=3,
@@ -68,12 +98,12 @@ def _backbone():
         radial_mlp_depth=1,
         radial_mlp_width=32,
         avg_num_neighbors=18.0,
-        per_type_energy_shifts={s: -51.0 for s in TYPE_NAMES},
-        per_type_energy_scales={s: 1.0 for s in TYPE_NAMES},
+        per_type_energy_shifts={s: -51.0 for s in type_names},
+        per_type_energy_scales={s: 1.0 for s in type_names},
     )
 
 
-def _probe(l_values, force_spectrum, solver, directions="auto"):
+def _probe(l_values, force_spectrum, solver, directions="auto", alloy=False):
     from nequip.utils import torch_default_dtype
 
     from ..model import freeze_and_tap
@@ -81,9 +111,13 @@ def _probe(l_values, force_spectrum, solver, directions="auto"):
 
     probe = {"backbones": ["in-process"], "l_values": l_values, "solver": solver,
              "force_spectrum": force_spectrum, "force_directions": directions}  # fmt: skip
+    type_names = TYPE_NAMES
+    if alloy:
+        type_names = ALLOY_TYPES
+        probe.update(ALLOY_PROBE)
     with torch_default_dtype(torch.float32):
         torch.manual_seed(0)
-        model = SpectralProbeModel([freeze_and_tap(_backbone())], probe, TYPE_NAMES)
+        model = SpectralProbeModel([freeze_and_tap(_backbone(type_names))], probe, type_names)
     return model, probe
 
 
@@ -151,12 +185,13 @@ def _train_steps(name, l_values, force_spectrum, batches, warmup, threads, devic
 
 
 def _closed_form(l_values, force_spectrum, directions, batches, warmup, threads, device, jvp,
-                 queue):  # fmt: skip
-    """Run in a child: seconds per frame of the closed-form pass, and of the solve."""
+                 queue, alloy=False):  # fmt: skip
+    """Run in a child: seconds per frame of the closed-form pass, and of the solve (aspirin;
+    with ``alloy``, the pass alone)."""
     from ..solvers.closed_form import add_least_squares, solve_heads
 
     device, clock, start_rss = _child(threads, device, jvp)
-    model, _ = _probe(l_values, force_spectrum, "closed_form", directions)
+    model, _ = _probe(l_values, force_spectrum, "closed_form", directions, alloy)
     model.to(device)
     batches = [_to(batch, device) for batch in batches]
     systems = {fit: [_empty(model, fit)] for fit in model.fits}
@@ -167,6 +202,9 @@ def _closed_form(l_values, force_spectrum, directions, batches, warmup, threads,
         if i >= warmup:
             seconds += clock() - begin
             frames += len(batch["num_atoms"])
+    if alloy:
+        queue.put({"per_frame": seconds / frames, "peak_mb": _peak_mb(start_rss, device)})
+        return
     for per_backbone in systems.values():  # the solve at full size: as many energy rows
         data = per_backbone[0]
         repeats = -(-EPOCH_FRAMES // data.num_frames)
@@ -197,6 +235,9 @@ def main(argv=None) -> None:
     parser.add_argument("--threads", type=int, default=1, help="CPU threads (default: 1)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
                         help="where it all runs (default: cuda when there is one, else cpu)")
+    parser.add_argument("--cells", action="store_true",
+                        help="instead: what a frame's force rows cost on Cu3Au cells of 32 and "
+                        "192 atoms, every component against force_directions auto")  # fmt: skip
     parser.add_argument("--jvp", choices=["auto", "loop", "batched"], default="auto",
                         help="Jacobian-vector products one direction at a time (loop), in vmapped "
                         "chunks (batched), or by device (auto: loop on the CPU; default)")
@@ -212,8 +253,8 @@ def main(argv=None) -> None:
     context = multiprocessing.get_context("spawn")  # (CUDA cannot start again in a fork)
     queue = context.Queue()
 
-    def in_child(target, *target_args):  # one at a time: each has the machine to itself
-        process = context.Process(target=target, args=(*target_args, queue))
+    def in_child(target, *target_args, **target_kwargs):  # one at a time: each has the machine
+        process = context.Process(target=target, args=(*target_args, queue), kwargs=target_kwargs)
         process.start()
         process.join()
         if process.exitcode != 0:
@@ -228,6 +269,9 @@ def main(argv=None) -> None:
         return in_child(_closed_form, ls, forces, directions, batches, warmup, args.threads,
                         args.device, args.jvp)  # fmt: skip
 
+    if args.cells:
+        _cells(args, in_child)
+        return
     backbone = steps("backbone", few, True)
     epoch = backbone["first"] * EPOCH_FRAMES / args.batch_size  # seconds, the unit
     rows = []
@@ -266,6 +310,36 @@ def main(argv=None) -> None:
     print(f"  both spectra (closed form, E+F) <= 10 backbone epochs: {ef[0] / epoch:.2f}")
     print(f"  energy spectrum alone <= 0.3 backbone epochs: {e[0] / epoch:.2f}")
     print(f"  each extra l <= 5% more (l 0..7 -> 0..12, E+F): {100 * per_l:.1f}%")
+
+
+
+def _cells(args, in_child) -> None:
+    """``--cells``: ms per frame of the closed-form pass (both spectra, l 0..7), on periodic
+    cells of 32 and 192 atoms, with every force component and with ``auto``."""
+    from ..config import SpectralProbeConfig
+
+    auto = SpectralProbeConfig.from_block({})
+    print(f"{args.device}, jvp {args.jvp}: Cu3Au cells, {args.steps} timed frames each, "
+          f"{args.threads} thread(s); closed-form pass, both spectra, l 0..7")  # fmt: skip
+    print(f"{'atoms':>6} {'force_directions':>17} {'rows':>5} {'ms/frame':>9} {'peak MB':>8}")
+    per_frame = {}
+    for atoms in CELL_SIZES:
+        batches = _cell_batches(atoms, args.steps + 1)
+        for setting in ("all", "auto"):
+            rows = 3 * atoms if setting == "all" else auto.force_rows(atoms)
+            if setting == "auto" and rows == 3 * atoms:
+                per_frame[atoms, setting] = per_frame[atoms, "all"]
+                continue
+            result = in_child(_closed_form, list(range(8)), True, setting, batches, 1,
+                              args.threads, args.device, args.jvp, alloy=True)  # fmt: skip
+            per_frame[atoms, setting] = result["per_frame"]
+            print(f"{atoms:>6} {setting:>17} {rows:>5} {1000 * result['per_frame']:>9.0f} "
+                  f"{result['peak_mb']:>8.0f}")  # fmt: skip
+    small, large = CELL_SIZES
+    print("targets:")
+    print(f"  {large} atoms against {small}, force_directions auto, <= 3x: "
+          f"{per_frame[large, 'auto'] / per_frame[small, 'auto']:.2f}x "
+          f"(every component: {per_frame[large, 'all'] / per_frame[small, 'all']:.2f}x)")
 
 
 if __name__ == "__main__":

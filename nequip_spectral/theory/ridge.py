@@ -32,7 +32,10 @@ import torch
 
 from .._distributed import every_rank
 
-ALPHAS = 10.0 ** np.arange(-9.0, 3.01, 0.5)  # relative to the mean eigenvalue (1 after scaling)
+# relative to the mean eigenvalue (1 after scaling); the last, infinite, strength is the head
+# with no feature weight (its intercepts alone): a head whose target no feature predicts
+# takes it, instead of the largest finite strength's small fit to noise
+ALPHAS = np.append(10.0 ** np.arange(-9.0, 3.01, 0.5), np.inf)
 DROPPED_BELOW = 1e-13  # a feature whose diagonal is below this fraction of the largest: left out
 
 
@@ -142,7 +145,8 @@ class RidgeSolution:
         weights: ``(K, heads)`` feature weights :math:`w`
         intercepts: ``(types, heads)`` per-type energies :math:`c`
         alpha: ``(heads,)`` the chosen ridge strengths
-        at_edge: ``(heads,)`` whether a chosen strength is the grid's first or last
+        at_edge: ``(heads,)`` whether a chosen strength is the grid's first or last finite
+            one (an infinite last strength is a real choice: no feature weight)
         selection_loss: ``(alphas, heads)`` the loss that chose: on the validation data, or
             leave-one-frame-out
     """
@@ -255,7 +259,7 @@ def solve_ridge(
         weights=torch.stack([solved[i][0][:, h] for h, i in enumerate(best)], 1),
         intercepts=torch.stack([solved[i][1][:, h] for h, i in enumerate(best)], 1),
         alpha=np.asarray(alphas)[best],
-        at_edge=(best == 0) | (best == len(alphas) - 1),
+        at_edge=(best == 0) | ((best == len(alphas) - 1) & np.isfinite(alphas[-1])),
         selection_loss=losses,
     )
 

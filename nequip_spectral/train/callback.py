@@ -1,6 +1,7 @@
 """``SpectralMetrics``: the Lightning callback that turns the test set into the spectrum."""
 
 import dataclasses
+import math
 from collections import defaultdict
 from pathlib import Path
 
@@ -194,7 +195,10 @@ def _solver_summary(probe_model, atoms: list[int]) -> dict:
             summary["features"] = first.features.num_features
             summary["mixed_irreps"] = str(first.features.irreps_mix)
             summary["ridge_selection"] = probe_model.probe.ridge_selection
-            summary[f"alpha_{fit}"] = [heads.alpha.tolist() for heads in per_backbone]
+            summary[f"alpha_{fit}"] = [  # null: infinite (the head has no feature weight)
+                [a if math.isfinite(a) else None for a in heads.alpha.tolist()]
+                for heads in per_backbone
+            ]
     if summary and probe_model.with_forces:
         rows = [probe_model.probe.force_rows(n) for n in atoms]
         summary["force_rows"] = {
