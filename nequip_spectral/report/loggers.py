@@ -2,6 +2,8 @@
 ``spectral/``: the per-``l`` readings of both spectra, Delta and its interval, the cliff and the
 chosen ridge strengths as metrics, and the spectrum's picture to loggers that take images."""
 
+import math
+
 PREFIX = "spectral"
 
 
@@ -28,8 +30,8 @@ def report_metrics(report: dict) -> dict:
     for key, per_backbone in report["solver"].items():
         if key.startswith("alpha_"):  # the closed form's ridge strength of each head
             for b, alphas in enumerate(per_backbone):
-                for head, alpha in zip(heads, alphas, strict=True):
-                    metrics[f"{PREFIX}/{key}/b{b}/{head}"] = alpha
+                for head, alpha in zip(heads, alphas, strict=True):  # null: infinite
+                    metrics[f"{PREFIX}/{key}/b{b}/{head}"] = math.inf if alpha is None else alpha
     return {name: float(value) for name, value in metrics.items() if value is not None}
 
 
