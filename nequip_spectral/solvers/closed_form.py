@@ -12,13 +12,16 @@ spectrum's on energies and forces with the loss's weights, chosen on the validat
 into the heads.
 """
 
+import dataclasses
 import time
+from pathlib import Path
 
 import torch
 from nequip.data import AtomicDataDict
 
 from .._distributed import rank_and_world
 from .._keys import ENERGY_FIT, FORCE_FIT
+from ..config import SpectralProbeError
 from ..data.injection import frame_digest
 from ..nn.probe import backbone_predictions, feature_derivatives
 from ..targets import head_target
@@ -174,13 +177,42 @@ def solve_heads(probe_model, train, validation, energy_coeff, forces_coeff, alph
 
 
 def fit_closed_form(probe_model, train_datasets, val_datasets, energy_coeff, forces_coeff,
-                    batch_size: int, device) -> dict:  # fmt: skip
-    """:func:`collect` both splits and :func:`solve_heads`; the timings in the result."""
+                    batch_size: int, device, saved: Path | None = None) -> dict:  # fmt: skip
+    """:func:`collect` both splits and :func:`solve_heads`; the timings in the result.
+
+    With ``saved`` (a file in the run directory), a solve that fails never loses the pass:
+    the collected data are written there before the error is raised, and a rerun of the same
+    probe that finds the file solves from it instead of collecting again (and removes it
+    once solved). A file from other probe settings or frames is refused.
+    """
     start = time.perf_counter()
-    train = collect(probe_model, train_datasets, batch_size, device)
-    validation = collect(probe_model, val_datasets, batch_size, device)
+    key = _collection_key(probe_model, train_datasets, val_datasets)
+    if saved is not None and saved.exists():
+        stored = torch.load(saved, weights_only=False)
+        if stored["key"] != key:
+            raise SpectralProbeError(
+                f"{saved} holds the closed form's normal equations of a run with other "
+                "spectral_probe settings or frames; remove it, or run in another directory"
+            )
+        train, validation = stored["train"], stored["validation"]
+        print(f"closed form: the collected normal equations read from {saved}", flush=True)
+    else:
+        train = collect(probe_model, train_datasets, batch_size, device)
+        validation = collect(probe_model, val_datasets, batch_size, device)
     collected = time.perf_counter()
-    chosen = solve_heads(probe_model, train, validation, energy_coeff, forces_coeff)
+    try:
+        chosen = solve_heads(probe_model, train, validation, energy_coeff, forces_coeff)
+    except Exception as error:
+        if saved is None or saved.exists() or rank_and_world()[0] != 0:
+            raise
+        torch.save({"key": key, "train": train, "validation": validation}, saved)
+        raise RuntimeError(
+            f"the closed-form solve failed ({type(error).__name__}: {error}). The collected "
+            f"normal equations are saved in {saved}: a rerun of the same command in the same "
+            "directory solves from them without collecting again"
+        ) from error
+    if saved is not None and saved.exists() and rank_and_world()[0] == 0:
+        saved.unlink()
     return {
         "heads": chosen,
         "train_frames": train[ENERGY_FIT][0].num_frames,
@@ -188,6 +220,15 @@ def fit_closed_form(probe_model, train_datasets, val_datasets, energy_coeff, for
         "seconds_collect": collected - start,
         "seconds_solve": time.perf_counter() - collected,
     }
+
+
+def _collection_key(probe_model, train_datasets, val_datasets) -> dict:
+    """What the collected data depend on: the probe's settings (but the solve's own) and the
+    frames' count of each split."""
+    settings = dataclasses.asdict(probe_model.probe)
+    settings.pop("ridge_selection")
+    counts = [[len(d) for d in datasets] for datasets in (train_datasets, val_datasets)]
+    return {"probe": settings, "frames": counts}
 
 
 def describe_solution(result: dict, probe_model) -> str:

@@ -12,6 +12,7 @@ from ..solvers.sgd import BestHeads
 from .metrics import force_fit_weights
 
 BEST_HEADS_KEY = "spectral_best_heads"  # the sgd heads' best epochs, in the checkpoint
+NORMAL_EQUATIONS_FILE = "closed_form_normal_equations.pt"  # kept when a solve fails
 
 
 class SpectralProbeLightningModule(NequIPLightningModule):
@@ -19,11 +20,13 @@ class SpectralProbeLightningModule(NequIPLightningModule):
 
     ``solver: closed_form``: when training starts, one pass over the training and validation
     frames and the exact ridge solve (:mod:`~nequip_spectral.solvers.closed_form`); no
-    optimizer, no gradient epoch. The solved probe is written as the best and last checkpoint
-    of every ``ModelCheckpoint``. ``solver: sgd``: NequIP's gradient descent (the config gives
-    the optimizer), and each head kept at its own best validation epoch
-    (:class:`~nequip_spectral.solvers.sgd.BestHeads`, stored in the checkpoint so that a
-    resumed run keeps choosing among all epochs), written as the best checkpoint at the end.
+    optimizer, no gradient epoch. A failed solve leaves the collected normal equations in the
+    run directory (``closed_form_normal_equations.pt``), and a rerun there solves from them.
+    The solved probe is written as the best and last checkpoint of every ``ModelCheckpoint``.
+    ``solver: sgd``: NequIP's gradient descent (the config gives the optimizer), and each head
+    kept at its own best validation epoch (:class:`~nequip_spectral.solvers.sgd.BestHeads`,
+    stored in the checkpoint so that a resumed run keeps choosing among all epochs), written
+    as the best checkpoint at the end.
 
     .. code-block:: yaml
 
@@ -61,7 +64,7 @@ class SpectralProbeLightningModule(NequIPLightningModule):
             if self.best_heads is None:
                 self.best_heads = BestHeads(self.probe_model, self.loss)
             return
-        datamodule = self.trainer.datamodule
+        datamodule, run_directory = self.trainer.datamodule, self._run_directory()
         self.closed_form = fit_closed_form(
             self.probe_model,
             datamodule.train_dataset,
@@ -69,6 +72,7 @@ class SpectralProbeLightningModule(NequIPLightningModule):
             *force_fit_weights(self.loss),
             batch_size=self.pass_batch_size,
             device=self.device,
+            saved=run_directory / NORMAL_EQUATIONS_FILE if run_directory else None,
         )
         if self.trainer.is_global_zero:
             print(describe_solution(self.closed_form, self.probe_model), flush=True)
@@ -96,6 +100,11 @@ class SpectralProbeLightningModule(NequIPLightningModule):
         if BEST_HEADS_KEY in checkpoint:
             self.best_heads = BestHeads(self.probe_model, self.loss)
             self.best_heads.load_state_dict(checkpoint[BEST_HEADS_KEY])
+
+    def _run_directory(self) -> Path | None:
+        """Where the first ``ModelCheckpoint`` writes (the run directory), if there is one."""
+        checkpoints = self.trainer.checkpoint_callbacks
+        return Path(checkpoints[0].dirpath) if checkpoints and checkpoints[0].dirpath else None
 
     def _write_checkpoints(self, last: bool = True) -> None:
         """The probe as the best (and last) checkpoint of every ``ModelCheckpoint``."""

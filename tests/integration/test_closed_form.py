@@ -17,9 +17,11 @@ from helpers import (
 )
 
 from nequip_spectral._keys import ENERGY_FIT, FORCE_FIT
+from nequip_spectral.config import SpectralProbeError
 from nequip_spectral.nn import SPNHeads
 from nequip_spectral.nn.polynomial import PolynomialFeatures
-from nequip_spectral.solvers.closed_form import collect, solve_heads
+from nequip_spectral.solvers import closed_form
+from nequip_spectral.solvers.closed_form import collect, fit_closed_form, solve_heads
 from nequip_spectral.theory.ridge import (
     ALPHAS,
     LeastSquaresData,
@@ -249,3 +251,39 @@ def test_a_head_differs_from_the_control_by_the_ridge_fit_of_its_injection(solve
                             alphas=[alpha])  # fmt: skip
         difference = heads.weights[:, h] - heads.weights[:, -1]
         assert torch.allclose(difference, alone.weights[:, 0], rtol=1e-8, atol=1e-12)
+
+
+def test_a_failed_solve_keeps_the_pass_and_a_rerun_solves_from_it(
+    tiny_backbone, aspirin_atoms, tmp_path, monkeypatch
+):
+    """The eigendecomposition failing as MKL's did on a symmetric crystal: the collected
+    normal equations are saved before the error, and a rerun solves from them (no second
+    pass) to the heads a run without the failure gets; other settings are refused."""
+    probe = {"backbones": [tiny_backbone["ckpt"]], "l_values": [1, 5]}
+    saved = tmp_path / "normal_equations.pt"
+
+    def splits(probe):
+        return [[aspirin_frames(aspirin_atoms[a:b], probe)] for a, b in ((0, 6), (6, 8))]
+
+    def fails(*args, **kwargs):
+        raise torch.linalg.LinAlgError("linalg.eigh: The algorithm failed to converge")
+
+    model = build(probe).model
+    with monkeypatch.context() as patch:
+        patch.setattr(closed_form, "solve_heads", fails)
+        with pytest.raises(RuntimeError, match=r"normal equations are saved in .* a rerun"):
+            fit_closed_form(model, *splits(probe), 1.0, 1.0, 4, "cpu", saved=saved)
+    assert saved.exists()
+
+    other = {**probe, "l_values": [1, 4]}
+    with pytest.raises(SpectralProbeError, match="other spectral_probe settings"):
+        fit_closed_form(build(other).model, *splits(other), 1.0, 1.0, 4, "cpu", saved=saved)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(closed_form, "collect", lambda *args: pytest.fail("collected again"))
+        fit_closed_form(model, *splits(probe), 1.0, 1.0, 4, "cpu", saved=saved)
+    assert not saved.exists()  # solved: removed
+    fresh = build(probe).model
+    fit_closed_form(fresh, *splits(probe), 1.0, 1.0, 4, "cpu")
+    for a, b in zip(model.state_dict().values(), fresh.state_dict().values(), strict=True):
+        assert torch.equal(a, b)
