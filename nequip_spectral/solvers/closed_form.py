@@ -20,7 +20,7 @@ import torch
 from nequip.data import AtomicDataDict
 
 from .._distributed import rank_and_world
-from .._keys import ENERGY_FIT, FORCE_FIT
+from .._keys import ENERGY_FIT, FORCE_FIT, Null
 from ..config import SpectralProbeError
 from ..data.injection import frame_digest
 from ..nn.probe import backbone_predictions, feature_derivatives
@@ -151,6 +151,10 @@ def solve_heads(probe_model, train, validation, energy_coeff, forces_coeff, alph
     num_heads = len(probe_model.targets)
     relative = torch.eye(num_heads, dtype=torch.float64)
     relative[-1, :-1] = -1.0
+    # per-type intercepts for the control head and l = 0 only: the injected part of an l > 0
+    # head averages to zero over directions (as P_l does), so an intercept would fit noise
+    intercept = torch.tensor([l is None or (not isinstance(l, Null) and l == 0)
+                              for l in probe_model.targets])  # fmt: skip
     leave_one_out = probe_model.probe.ridge_selection == "leave_one_out"
     chosen = {}
     for fit in probe_model.fits:
@@ -159,19 +163,28 @@ def solve_heads(probe_model, train, validation, energy_coeff, forces_coeff, alph
             fitting, choosing = train[fit][b], validation[fit][b]
             if fit == ENERGY_FIT and leave_one_out:  # every frame fits, and chooses left out
                 fitting, choosing = LeastSquaresData.joined([fitting, choosing]), None
-            solution = solve_ridge(
-                fitting.with_targets(relative),
-                choosing and choosing.with_targets(relative),
-                *weights[fit],
-                alphas,
-            )
+            solution = {}  # weights, intercepts, alpha, at_edge: (..., heads)
+            for group in (intercept, ~intercept):  # two designs: with and without intercepts
+                if group.any():
+                    part = solve_ridge(
+                        fitting.with_targets(relative[:, group]),
+                        choosing and choosing.with_targets(relative[:, group]),
+                        *weights[fit],
+                        alphas,
+                        intercept=bool(intercept[group][0]),
+                    )
+                    for name in ("weights", "intercepts", "alpha", "at_edge"):
+                        value = torch.as_tensor(getattr(part, name))
+                        whole = solution.setdefault(name, value.new_zeros(*value.shape[:-1],
+                                                                          num_heads))  # fmt: skip
+                        whole[..., group] = value
             add_control = torch.linalg.inv(relative)
             with torch.no_grad():
-                heads.weights.copy_(solution.weights @ add_control)
-                heads.alpha.copy_(torch.as_tensor(solution.alpha))
-                probe_model.shifts[fit][b] = solution.intercepts @ add_control
+                heads.weights.copy_(solution["weights"] @ add_control)
+                heads.alpha.copy_(solution["alpha"])
+                probe_model.shifts[fit][b] = solution["intercepts"] @ add_control
             chosen[fit].append(
-                {"alpha": solution.alpha.tolist(), "at_edge": solution.at_edge.tolist()}
+                {"alpha": solution["alpha"].tolist(), "at_edge": solution["at_edge"].tolist()}
             )
     return chosen
 

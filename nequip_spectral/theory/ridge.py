@@ -187,6 +187,7 @@ def solve_ridge(
     energy_coeff: float = 1.0,
     forces_coeff: float = 1.0,
     alphas: np.ndarray = ALPHAS,
+    intercept: bool = True,
 ) -> RidgeSolution:
     """The ridge solution of every head, its strength chosen on ``validation`` (module doc),
     or, with ``validation=None``, by exact leave-one-frame-out on ``train`` itself
@@ -198,6 +199,7 @@ def solve_ridge(
             kind (``forces_coeff = 0``: the energy spectrum's question)
         alphas: the grid of ridge strengths (relative: the scaled normal matrix has a unit
             diagonal)
+        intercept: fit the per-type intercepts (else they are zero)
     """
     use_forces = bool(forces_coeff) and float(train.force_components) > 0
     if not energy_coeff and not use_forces:
@@ -208,9 +210,10 @@ def solve_ridge(
             "pass the validation data"
         )
     # the intercept fits energies only; partial it out of the energy rows (Frisch-Waugh)
-    projector = torch.linalg.pinv(train.energy_types)  # targets -> least-squares intercepts
-    rows = train.energy_rows - train.energy_types @ (projector @ train.energy_rows)
-    targets = train.energy_targets - train.energy_types @ (projector @ train.energy_targets)
+    types = train.energy_types if intercept else train.energy_types[:, :0]
+    projector = torch.linalg.pinv(types)  # targets -> least-squares intercepts
+    rows = train.energy_rows - types @ (projector @ train.energy_rows)
+    targets = train.energy_targets - types @ (projector @ train.energy_targets)
     energy_weight = energy_coeff / max(train.num_frames, 1)
     force_weight = forces_coeff / float(train.force_components) if use_forces else 0.0
     diagonal = energy_weight * rows.square().sum(0) + force_weight * train.force_gram.diagonal()
@@ -238,12 +241,14 @@ def solve_ridge(
         modes = projected / (eigenvalues.clamp(min=0) + alpha)[:, None]
         weights = moment.new_zeros(len(kept), moment.shape[1])  # a left-out feature: no weight
         weights[kept] = basis @ modes * inverse_scale[:, None]
-        intercepts = projector @ (train.energy_targets - train.energy_rows @ weights)
+        intercepts = torch.zeros(train.energy_types.shape[1], weights.shape[1]).to(weights)
+        if intercept:
+            intercepts = projector @ (train.energy_targets - train.energy_rows @ weights)
         return weights, intercepts
 
     if validation is None:
         losses = energy_coeff * leave_one_out_losses(
-            scaled @ basis, eigenvalues, targets, train.energy_types, alphas
+            scaled @ basis, eigenvalues, targets, types, alphas
         )
     else:
         losses = np.stack(

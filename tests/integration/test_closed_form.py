@@ -239,18 +239,20 @@ def test_two_ddp_processes_equal_one(tmp_path):
 
 def test_a_head_differs_from_the_control_by_the_ridge_fit_of_its_injection(solved):
     """Above the ceiling a head cannot see the injection; it must not be penalized away from
-    the control's fit of the backbone's own error either (that would make rho negative)."""
+    the control's fit of the backbone's own error either (that would make rho negative). Its
+    injection (l > 0) averages to zero over directions: it gets no intercept of its own."""
     _, model, train, validation = solved
     solve_heads(model.model, train, validation, 1.0, 1.0)
-    heads = model.model.heads[FORCE_FIT][0]
+    heads, shifts = model.model.heads[FORCE_FIT][0], model.model.shifts[FORCE_FIT][0]
     for h, alpha in enumerate(heads.alpha[:-1].tolist()):  # every head but the control
         injected = torch.zeros(len(model.model.targets), 1, dtype=torch.float64)  # t_h - t_none
         injected[h], injected[-1] = 1.0, -1.0
         alone = solve_ridge(train[FORCE_FIT][0].with_targets(injected),
                             validation[FORCE_FIT][0].with_targets(injected), 1.0, 1.0,
-                            alphas=[alpha])  # fmt: skip
+                            alphas=[alpha], intercept=False)  # fmt: skip
         difference = heads.weights[:, h] - heads.weights[:, -1]
         assert torch.allclose(difference, alone.weights[:, 0], rtol=1e-8, atol=1e-12)
+        assert torch.equal(shifts[:, h], shifts[:, -1])
 
 
 def test_a_failed_solve_keeps_the_pass_and_a_rerun_solves_from_it(
