@@ -15,7 +15,7 @@ def readings(seed: int) -> np.ndarray:
 
     Fitted as the closed form fits them: the control head to the backbone's error ``t0``,
     every other head to its own target minus the control's, each with its ridge strength
-    chosen on the validation frames; read on the test frames."""
+    chosen by leave-one-frame-out on the fitting frames; read on the test frames."""
     generator = torch.Generator().manual_seed(seed)
 
     def randn(*shape):
@@ -35,10 +35,17 @@ def readings(seed: int) -> np.ndarray:
         data.add_energies(phi[part], ones, targets[part] @ relative)
         return data
 
-    train, validation, test = slice(0, TRAIN), slice(TRAIN, TRAIN + VALIDATION), slice(-TEST, None)
-    solution = solve_ridge(system(train), system(validation), 1.0, 0.0)
+    fitting, test = slice(0, TRAIN + VALIDATION), slice(-TEST, None)
+    # as solve_heads does: every strength by leave-one-frame-out on all fitting frames, and an
+    # intercept for the control head only (the injected parts have zero mean)
+    heads_part = solve_ridge(system(fitting).with_targets(torch.eye(heads + 1)[:, :-1].double()),
+                             None, 1.0, 0.0, intercept=False)  # fmt: skip
+    control_part = solve_ridge(system(fitting).with_targets(torch.eye(heads + 1)[:, -1:].double()),
+                               None, 1.0, 0.0)  # fmt: skip
+    weights = torch.cat([heads_part.weights, control_part.weights], dim=1)
+    intercepts = torch.cat([heads_part.intercepts, control_part.intercepts], dim=1)
     back = torch.linalg.inv(relative)
-    predicted = phi[test] @ (solution.weights @ back) + solution.intercepts @ back
+    predicted = phi[test] @ (weights @ back) + intercepts @ back
     frame, zero = torch.arange(TEST), torch.zeros(TEST, 1, dtype=torch.float64)
     head = torch.stack([
         frame_sums(targets[test, h, None], predicted[:, h, None], predicted[:, -1, None],
@@ -50,16 +57,21 @@ def readings(seed: int) -> np.ndarray:
     return spectrum(head, control)["rho_recovered"]
 
 
-def test_the_null_floor_holds_a_reading_with_nothing_to_recover_at_the_nominal_rate():
-    """Over 200 seeds the uncarried reading falls inside the floor made from the null heads
-    about 95% of the time, and the carried one above it every time. (Fails when the floor is
-    the null readings' own spread, without the prediction interval's t and sqrt(1 + 1/n):
-    that holds another reading 88% of the time here; the floor holds it 93.5%.)"""
-    inside, above = [], []
+def test_the_null_floor_holds_a_reading_with_nothing_to_recover():
+    """Over 200 seeds the uncarried reading rises above the floor made from the null heads at
+    most 2.5% of the time (the nominal upper tail: what the table's ``~`` relies on; seen: 1%),
+    and the carried one is above it every time. Two-sided, the floor holds the uncarried
+    reading 90.5% of the time, under the nominal 95%: with leave-one-out most null heads take
+    no feature weight and read exactly 0, and a head that does fit noise reads below them
+    (fitted noise only lowers a reading). (Fails when the floor is the null readings' own
+    spread, without the prediction interval's t and sqrt(1 + 1/n): that holds it 89%.)"""
+    inside, uncarried_above, carried_above = [], [], []
     for seed in range(200):
         carried, uncarried, *nulls = readings(seed)
         low, high = null_floor(np.array(nulls))
         inside.append(low <= uncarried <= high)
-        above.append(carried > high)
-    assert 0.91 <= np.mean(inside) <= 0.99, np.mean(inside)
-    assert all(above)
+        uncarried_above.append(uncarried > high)
+        carried_above.append(carried > high)
+    assert np.mean(uncarried_above) <= 0.025, np.mean(uncarried_above)
+    assert 0.9 <= np.mean(inside) <= 0.99, np.mean(inside)
+    assert all(carried_above)
