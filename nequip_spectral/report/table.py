@@ -40,11 +40,12 @@ def format_table(report: dict) -> str:
         chance_marked |= mark
         return f"{cell(rho, 8)}{'*' if mark else ' '}"
 
-    def recovered(row, kind):  # rec, marked ~ where it is not above the null floor
+    def recovered(row, kind):  # rec, marked ~ where its interval reaches into the null floor
         nonlocal floor_marked
         value = row.get(f"rho_recovered_{kind}")
+        low = (row.get(f"rho_recovered_{kind}_ci95") or [value])[0]
         floor = (report.get("null_floor") or {}).get(f"rho_recovered_{kind}") or [None, None]
-        mark = None not in (value, *floor) and value <= floor[1]
+        mark = None not in (value, low, *floor) and low <= floor[1]
         floor_marked |= mark
         return f"{cell(value, 6)}{'~' if mark else ' '}"
 
@@ -64,7 +65,7 @@ def format_table(report: dict) -> str:
             f"{interval(floor.get('rho_recovered_energy'))}"
         )
     if floor_marked:
-        lines.append("~ rec not above the null floor: not told apart from chance")
+        lines.append("~ rec's interval reaches into the null floor: not told apart from chance")
     if chance_marked:
         lines.append(
             "* rho's chance part (the backbone's error and the heads' fit to noise, against the "

@@ -218,3 +218,25 @@ def test_synthetic_reports_match_the_json_schema(tmp_path):
     assert report_schema_errors({**report, "per_l": {**report["per_l"], "4": row}})
     no_delta = {k: v for k, v in report.items() if k != "delta"}  # the bootstrap ran
     assert report_schema_errors(no_delta)
+
+
+def test_the_table_marks_a_reading_whose_interval_reaches_into_the_null_floor():
+    """``~`` where rec's interval reaches into the floor (a small reading whose interval
+    covers it, as on the alloy's l = 5), not where the interval clears it."""
+    from nequip_spectral.report import build_report, format_table
+
+    recovered, control, _ = synthetic(lambda t, c, e, g: t)
+    per_l = np.stack([recovered, recovered], 1)
+    head = np.stack([per_l, per_l], 1)[None]
+    report = build_report(as_frames(head, np.stack([control, control], 1)[None], (4, 5)))
+    report["null_floor"] = {"rho_recovered_forces": [-0.006, 0.004]}
+    rows = report["per_l"]
+    rows["4"].update(rho_recovered_forces=0.8, rho_recovered_forces_ci95=[0.7, 0.9])
+    rows["5"].update(rho_recovered_forces=0.005, rho_recovered_forces_ci95=[-0.001, 0.012])
+
+    def marks(table):
+        return {line.split()[0]: "~" in line for line in table.splitlines()[2:4]}
+
+    assert marks(format_table(report)) == {"4": False, "5": True}
+    rows["5"]["rho_recovered_forces_ci95"] = [0.0045, 0.006]  # clears the floor
+    assert marks(format_table(report)) == {"4": False, "5": False}
