@@ -156,7 +156,7 @@ def test_closed_form_checkpoint_holds_the_solved_heads_only(probe_run):
     probe = ModelFromCheckpoint(str(run_dir / "best.ckpt"))["sole_model"].model
     for fit, per_backbone in probe.heads.items():
         assert per_backbone[0].weights.abs().sum() > 0, fit  # solved, not the zeros of init
-        assert torch.isfinite(per_backbone[0].alpha).all(), fit
+        assert not torch.isnan(per_backbone[0].alpha).any(), fit  # (inf: no feature weight)
     report = json.loads((run_dir / "spectral_report.json").read_text())
     assert report["solver"]["name"] == "closed_form"
     assert report["solver"]["features"] == probe.heads["e"][0].features.num_features
