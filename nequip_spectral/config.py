@@ -127,29 +127,34 @@ class SpectralProbeConfig:
     since :math:`\hat r_{ji} = -\hat r_{ij}` at the same distance, and
     :math:`P_l(-x) = (-1)^l P_l(x)`: every odd-``l`` term cancels (even ``l`` doubles). With
     disjoint species no pair is counted twice. In a one-element system (a metal, ``centers:
-    [Cu]``, ``neighbors: [Cu]``) that is impossible, so ``center_fraction`` marks a random
-    subset of the center-species atoms of each frame as the centers, and the sum runs over
-    pairs with :math:`i` marked and :math:`j` a neighbor-species atom that is not marked:
+    [Cu]``, ``neighbors: [Cu]``) every pair would be, so ``center_fraction`` marks a random
+    subset :math:`M` of the center-species atoms of each frame as the centers:
 
     .. math::
 
-        s_l = \sum_{i \in M} \sum_{j \in N(i) \setminus M} f_c(r_{ij}) \sqrt{2l+1}
-            P_l(\hat n \cdot \hat r_{ij}),
+        s_l = \sum_{i \in M} \sum_{j \in N(i)} f_c(r_{ij}) \sqrt{2l+1}
+            P_l(\hat n \cdot \hat r_{ij}) = \sum_{i \in M} y_i,
 
-    so a pair counts in one direction at most (from its marked atom) and odd ``l`` survive.
+    each marked center with all its neighbors. A pair of two marked atoms counts both ways
+    (its odd terms cancel), a marked-unmarked pair once (its odd terms survive). And each
+    term :math:`y_i` is a function of center :math:`i`'s own environment, so heads that read
+    the marked centers (``readout: centers``, required with ``center_fraction``: the
+    backbone's features cannot tell a marked atom from another, a sum over every atom
+    cannot single them out) can represent it up to the ceiling, as with disjoint species.
     Which fraction keeps the most odd-``l`` power: with a fraction ``F`` marked, an ordered
-    pair :math:`(i, j)` of center-species atoms counts when :math:`i` is marked and :math:`j`
-    is not, with probability :math:`F(1 - F)` (:math:`k(n-k) / n(n-1)` for exactly
-    :math:`k = F n` of :math:`n` marked), so the expected number of counted pairs, and with
-    it the odd-``l`` power (a sum of pair terms of either sign), is proportional to
-    :math:`F(1 - F)`, maximal at ``F = 1/2``: 0.5 is the recommended value. A frame marks
-    :math:`F n` (rounded) of its :math:`n` center-species atoms, at least one and, when
-    :math:`n \ge 2`, not all (so that some neighbors remain). The subset is drawn from a
-    seed hashed from ``seed`` and the frame's positions and species (as the ``random``
-    marked direction), so it is the same in every epoch, worker, rank and rerun, and it is
-    stored in the frame as the per-atom field ``spectral_center`` (1 for a marked center),
-    which ``readout: centers`` sums over. The injected forces hold the subset fixed, as
-    they hold the marked direction: the exact gradient of the signal of those centers.
+    pair :math:`(i, j)` of center-species atoms counts once when :math:`i` is marked and
+    :math:`j` is not, with probability :math:`F(1 - F)` (:math:`k(n-k) / n(n-1)` for exactly
+    :math:`k = F n` of :math:`n` marked), so the expected number of such pairs, and with it
+    the odd-``l`` power (a sum of pair terms of either sign), is proportional to
+    :math:`F(1 - F)`, maximal at ``F = 1/2``: 0.5 is the recommended value. (On a
+    centrosymmetric site :math:`y_i` has no odd part: there the odd ``l`` come from thermal
+    distortions alone.) A frame marks :math:`F n` (rounded) of its :math:`n` center-species
+    atoms, at least one and, when :math:`n \ge 2`, not all. The subset is drawn from a seed
+    hashed from ``seed`` and the frame's positions and species (as the ``random`` marked
+    direction), so it is the same in every epoch, worker, rank and rerun, and it is stored
+    in the frame as the per-atom field ``spectral_center`` (1 for a marked center), which
+    ``readout: centers`` sums over. The injected forces hold the subset fixed, as they hold
+    the marked direction: the exact gradient of the signal of those centers.
     """
 
     backbones: tuple[str, ...] = ()
@@ -234,6 +239,13 @@ class SpectralProbeConfig:
                 f"must be null or a number strictly between 0 and 1 (0.5 recommended), "
                 f"got {fraction!r}",
             )
+        if fraction is not None and self.readout != "centers":
+            _fail(
+                "readout",
+                "center_fraction needs readout: centers. The signal sums over each frame's "
+                "marked centers, which the backbone's features cannot tell from the other "
+                "atoms: only heads that sum over the marked centers can read it",
+            )
         overlap = sorted(set(self.centers) & set(self.neighbors))
         if overlap and fraction is None:
             _fail(
@@ -241,8 +253,8 @@ class SpectralProbeConfig:
                 f"{overlap} also appear in centers. Centers and neighbors must be disjoint: "
                 "a pair counted in both directions cancels every odd-l term of the signal. "
                 "For one-element systems set spectral_probe.center_fraction (0.5 "
-                "recommended): a random subset of the centers of each frame is marked and "
-                "the neighbors exclude it.",
+                "recommended) and spectral_probe.readout: centers: a random subset of the "
+                "centers of each frame is marked and the heads read those.",
             )
 
         for key in ("cutoff", "amplitude"):

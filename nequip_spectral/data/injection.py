@@ -59,8 +59,8 @@ class SpectralInjection(torch.nn.Module):
     With ``spectral_probe.center_fraction`` (one-element systems) the centers :math:`C` are
     a random subset of the center-species atoms of the frame, drawn from the same frame
     hash (another stream) and stored as ``spectral_center`` (``(num_atoms, 1)``, 1 for a
-    marked center), and the neighbors :math:`N(i)` are the neighbor-species atoms that are
-    not marked (see :class:`~nequip_spectral.config.SpectralProbeConfig`).
+    marked center), each with all its neighbor-species neighbors :math:`N(i)` (see
+    :class:`~nequip_spectral.config.SpectralProbeConfig`).
 
     Args:
         probe: the ``spectral_probe:`` block
@@ -90,8 +90,9 @@ class SpectralInjection(torch.nn.Module):
             AtomicDataDict.EDGE_VECTORS_KEY
         ].to(torch.float64)
 
-        # a marked center is no neighbor: every pair counts in one direction at most
-        is_neighbor = torch.isin(numbers, torch.tensor(self.neighbor_numbers)) & ~marked
+        # every marked center with all its neighbors (with center_fraction, a pair of two
+        # marked atoms then counts both ways: the signal is a sum of per-center terms)
+        is_neighbor = torch.isin(numbers, torch.tensor(self.neighbor_numbers))
         is_pair = (
             marked[edge_index[0]]
             & is_neighbor[edge_index[1]]

@@ -70,6 +70,7 @@ def main(argv=None) -> None:
         centers=tuple(args.centers),
         neighbors=tuple(args.neighbors),
         center_fraction=args.center_fraction,
+        readout="all" if args.center_fraction is None else "centers",
         seed=args.seed,
     )
     frames = ase.io.read(args.dataset, index=f":{args.frames}")

@@ -25,7 +25,7 @@ FIELD = "test_direction"
 N_HAT = np.array([0.48, -0.36, 0.8])  # unit
 CUTOFF, R_MAX, AMPLITUDE = 4.0, 4.5, 0.07
 PROBE = {"l_values": L_ALL, "centers": ["Cu"], "neighbors": ["Cu"], "center_fraction": 0.5,
-         "cutoff": CUTOFF, "amplitude": AMPLITUDE}  # fmt: skip
+         "readout": "centers", "cutoff": CUTOFF, "amplitude": AMPLITUDE}  # fmt: skip
 
 
 @pytest.fixture(scope="module")
@@ -94,17 +94,19 @@ def _signal_by_hand(atoms, centers, neighbors):
     return AMPLITUDE * total
 
 
-def test_signal_is_the_sum_over_marked_centers_and_unmarked_neighbors(copper):
-    """The injected energy equals the sum written out by hand over pairs (i marked, j not
-    marked), every periodic image, for even and odd l.
+def test_signal_is_the_sum_over_marked_centers_of_all_their_neighbors(copper):
+    """The injected energy equals the sum written out by hand over the marked centers, each
+    with every Cu neighbor (marked ones too) and every periodic image, for even and odd l: a
+    sum of per-center terms, which heads reading the marked centers can represent.
 
-    Mutation tried: marked centers kept among the neighbors (``& ~marked`` dropped): the
-    marked-marked pairs then count both ways (fails).
+    Mutation tried: marked atoms left out of the neighbors (``& ~marked``, the rule before):
+    the signal then lacks the marked-marked pairs, which depend on which neighbors are
+    marked, something no head reading a center's features can see (fails).
     """
     for atoms in copper[:2]:
         data = inject(atoms, direction=N_HAT)
         mask = marked(data).numpy()
-        expected = _signal_by_hand(atoms, mask, ~mask)
+        expected = _signal_by_hand(atoms, mask, np.ones(len(atoms), bool))
         np.testing.assert_allclose(energies(data).numpy(), expected, rtol=1e-10)
 
 
@@ -171,7 +173,8 @@ def test_overlapping_species_need_center_fraction():
         SpectralInjection(block)
     assert "spectral_probe.center_fraction" in str(error.value)
     assert "disjoint" in str(error.value)
-    assert SpectralProbeConfig.from_block({**block, "center_fraction": 0.5}).center_fraction == 0.5
+    one_element = {**block, "center_fraction": 0.5, "readout": "centers"}
+    assert SpectralProbeConfig.from_block(one_element).center_fraction == 0.5
 
 
 def stub_probe_model(probe, type_names):

@@ -85,8 +85,15 @@ def test_shared_species_need_center_fraction():
     with pytest.raises(SpectralProbeError, match=r"spectral_probe\.neighbors: \['Cu'\]") as error:
         SpectralProbeConfig.from_block(block)
     assert "spectral_probe.center_fraction" in str(error.value)
-    probe = SpectralProbeConfig.from_block({**block, "center_fraction": 0.5})
+    probe = SpectralProbeConfig.from_block({**block, "center_fraction": 0.5, "readout": "centers"})
     assert probe.center_fraction == 0.5 and probe.neighbors == ("Cu", "Au")
+
+
+def test_center_fraction_needs_the_heads_to_read_the_marked_centers():
+    block = {"centers": ["Cu"], "neighbors": ["Cu"], "center_fraction": 0.5}
+    with pytest.raises(SpectralProbeError, match=r"spectral_probe\.readout: center_fraction"):
+        SpectralProbeConfig.from_block(block)
+    assert SpectralProbeConfig.from_block({**block, "readout": "centers"}).readout == "centers"
 
 
 @pytest.mark.parametrize("name", ["model.nequip.pt2", "model.nequip.pth"])
