@@ -312,13 +312,11 @@ def main(argv=None) -> None:
     print(f"  each extra l <= 5% more (l 0..7 -> 0..12, E+F): {100 * per_l:.1f}%")
 
 
-
 def _cells(args, in_child) -> None:
     """``--cells``: ms per frame of the closed-form pass (both spectra, l 0..7), on periodic
     cells of 32 and 192 atoms, with every force component and with ``auto``."""
     from ..config import SpectralProbeConfig
 
-    auto = SpectralProbeConfig.from_block({})
     print(f"{args.device}, jvp {args.jvp}: Cu3Au cells, {args.steps} timed frames each, "
           f"{args.threads} thread(s); closed-form pass, both spectra, l 0..7")  # fmt: skip
     print(f"{'atoms':>6} {'force_directions':>17} {'rows':>5} {'ms/frame':>9} {'peak MB':>8}")
@@ -326,8 +324,8 @@ def _cells(args, in_child) -> None:
     for atoms in CELL_SIZES:
         batches = _cell_batches(atoms, args.steps + 1)
         for setting in ("all", "auto"):
-            rows = 3 * atoms if setting == "all" else auto.force_rows(atoms)
-            if setting == "auto" and rows == 3 * atoms:
+            rows = SpectralProbeConfig.from_block({"force_directions": setting}).force_rows(atoms)
+            if setting == "auto" and rows == 3 * atoms:  # auto is every component here
                 per_frame[atoms, setting] = per_frame[atoms, "all"]
                 continue
             result = in_child(_closed_form, list(range(8)), True, setting, batches, 1,

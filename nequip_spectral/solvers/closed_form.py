@@ -155,6 +155,7 @@ def solve_heads(probe_model, train, validation, energy_coeff, forces_coeff, alph
     # head averages to zero over directions (as P_l does), so an intercept would fit noise
     intercept = torch.tensor([l is None or (not isinstance(l, Null) and l == 0)
                               for l in probe_model.targets])  # fmt: skip
+    add_control = torch.linalg.inv(relative)
     leave_one_out = probe_model.probe.ridge_selection == "leave_one_out"
     chosen = {}
     for fit in probe_model.fits:
@@ -178,7 +179,6 @@ def solve_heads(probe_model, train, validation, energy_coeff, forces_coeff, alph
                         whole = solution.setdefault(name, value.new_zeros(*value.shape[:-1],
                                                                           num_heads))  # fmt: skip
                         whole[..., group] = value
-            add_control = torch.linalg.inv(relative)
             with torch.no_grad():
                 heads.weights.copy_(solution["weights"] @ add_control)
                 heads.alpha.copy_(solution["alpha"])
