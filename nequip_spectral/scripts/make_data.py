@@ -70,18 +70,20 @@ def make_c5(argv=None) -> None:
 
 
 def make_material(argv=None) -> None:
-    from ..data.materials import MATERIALS, generate_material
+    from ..data.materials import FCC_METALS, MATERIALS, STRUCTURES, generate_material
 
     parser = _parser(
         "Write a periodic metal or alloy MD dataset with EMT labels (extxyz): Langevin "
-        "dynamics of a supercell of the 4-atom cubic cell, energies (eV), forces (eV/A), cell "
+        "dynamics of a supercell of a 4-atom cell, energies (eV), forces (eV/A), cell "
         "and pbc.",
         1000,
     )
     parser.add_argument("--material", choices=MATERIALS, default="Cu3Au",
                         help="an fcc metal of EMT, or the L1_2 alloy Cu3Au")  # fmt: skip
     parser.add_argument("--size", type=int, nargs="+", default=3, metavar="N",
-                        help="repeats of the 4-atom cubic cell: N, or NX NY NZ")  # fmt: skip
+                        help="repeats of the 4-atom cell: N, or NX NY NZ")  # fmt: skip
+    parser.add_argument("--structure", choices=STRUCTURES, default="fcc",
+                        help="fcc, or hcp stacking for a one-element metal")  # fmt: skip
     parser.add_argument("--temperature", type=float, default=500.0, help="thermostat, K")
     parser.add_argument("--timestep", type=float, default=2.0, help="MD step, fs")
     parser.add_argument("--stride", type=int, default=10, help="MD steps between frames")
@@ -94,9 +96,11 @@ def make_material(argv=None) -> None:
         parser.error(f"--size takes one or three positive integers, got {size}")
     if min(args.frames, args.stride) < 1 or args.equilibration < 0:
         parser.error("--frames and --stride must be positive, --equilibration >= 0")
+    if args.structure == "hcp" and args.material not in FCC_METALS:
+        parser.error(f"--structure hcp is for the one-element metals {list(FCC_METALS)}")
     size = tuple(size * (3 // len(size)))  # N -> (N, N, N)
     _write(parser, args, lambda: generate_material(
         args.material, args.frames, size=size, seed=args.seed, temperature_K=args.temperature,
         timestep_fs=args.timestep, stride=args.stride, equilibration_steps=args.equilibration,
-        friction_per_fs=args.friction,
+        friction_per_fs=args.friction, structure=args.structure,
     ))  # fmt: skip

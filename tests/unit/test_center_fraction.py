@@ -213,3 +213,70 @@ def test_readout_over_the_marked_centers_only(copper):
     batch = AtomicDataDict.batched_from_list(frames_from_ase([atoms], transforms))
     readout = stub_probe_model(alloy, ["Au", "Cu"]).read(batch, torch.float64).readout
     assert readout.view(-1).tolist() == [1.0, 0, 0, 0, 0, 1.0, 0, 0]
+
+
+# ---- what a cubic site lets a head make at the ideal lattice
+
+
+@pytest.fixture(scope="module")
+def cubic_site_probe():
+    """A closed-form probe on an untrained float64 ``l_max = 2`` NequIP backbone for Cu; the
+    force heads' weights random on the features read along ``Y_lam(n)`` with ``lam > L``
+    (products of two ``l > 0`` channels), zero on the others."""
+    from nequip.model import NequIPGNNModel
+
+    from nequip_spectral._keys import FORCE_FIT
+    from nequip_spectral.model.frozen_spn import freeze_and_tap
+
+    backbone = NequIPGNNModel(
+        seed=0, model_dtype="float64", type_names=["Cu"], r_max=R_MAX, l_max=2, num_layers=2,
+        num_features=4, radial_mlp_depth=1, radial_mlp_width=8, avg_num_neighbors=12.0,
+        per_type_energy_shifts={"Cu": 0.0}, per_type_energy_scales={"Cu": 1.0},
+    )  # fmt: skip
+    probe = {**PROBE, "l_values": [1, 2, 3, 4], "solver": "closed_form", "degree": 2}
+    model = SpectralProbeModel([freeze_and_tap(backbone)], probe, ["Cu"]).to(torch.float64)
+    heads = model.heads[FORCE_FIT][0]
+    terms = heads.features.terms
+    lam = torch.repeat_interleave(torch.tensor([t.lam for t in terms]),
+                                  torch.tensor([t.count for t in terms]))  # fmt: skip
+    assert len(lam) == heads.features.num_features and lam.max() == 4
+    with torch.no_grad():
+        generator = torch.Generator().manual_seed(0)
+        heads.weights.copy_(torch.randn(heads.weights.shape, generator=generator))
+        heads.weights[lam <= 2] = 0
+    return model, probe
+
+
+def test_cubic_sites_hold_no_force_above_L_at_the_ideal_lattice(cubic_site_probe, copper):
+    """At a site of cubic symmetry an equivariant feature of ``l = 1, 2`` is zero, so a head's
+    features read along ``Y_lam(n)`` with ``lam > L`` (products of two of them) have zero
+    gradient at the perfect fcc lattice: there a head makes forces of ``l <= L`` only,
+    whatever its weights, while the injected ``l = 3, 4`` forces of a marked half are not
+    zero. Thermal distortions (an fcc frame at 500 K) or sites without cubic symmetry (the
+    perfect hcp lattice) give those features gradients. (``docs/method.md``, one-element
+    systems.)
+
+    Mutation tried: the fcc cell's positions rattled by 0.05 A (fails).
+    """
+    from nequip_spectral._keys import FORCE_FIT, head_forces_key, head_name
+    from nequip_spectral.data.materials import material_supercell
+
+    model, probe = cubic_site_probe
+    mapper = ChemicalSpeciesToAtomTypeMapper(
+        model_type_names=["Cu"], chemical_species_to_atom_type_map={"Cu": "Cu"}
+    )
+    transforms = [mapper, NeighborListTransform(r_max=R_MAX), SpectralInjection(probe)]
+
+    def largest_forces(atoms):  # the largest head and injected force component, l = 3, 4
+        (data,) = frames_from_ase([atoms], transforms)
+        out = model(AtomicDataDict.batched_from_list([data]))
+        head = [out[head_forces_key(0, head_name(l, FORCE_FIT))].abs().max() for l in (3, 4)]
+        injected = [data[injected_forces_key(l)].abs().max() for l in (3, 4)]
+        return torch.stack(head), torch.stack(injected)
+
+    ideal, injected = largest_forces(material_supercell("Cu", 2))
+    thermal, _ = largest_forces(copper[0])
+    hcp, _ = largest_forces(material_supercell("Cu", 1, "hcp"))
+    assert (injected > 1e-3).all(), injected
+    assert (ideal < 1e-10 * thermal).all(), (ideal, thermal)  # round-off: 1e-19 against 1e-4
+    assert (hcp > 1e-4 * thermal).all(), (hcp, thermal)  # 1e-6 against 1e-4 (untrained)

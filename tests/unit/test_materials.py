@@ -90,6 +90,44 @@ def test_frames_are_periodic_cells_with_their_emt_labels():
     assert sorted(alloy.get_chemical_symbols()) == ["Au", "Cu", "Cu", "Cu"]
 
 
+def test_hcp_stacking_is_at_rest_with_twelve_neighbors_and_no_inversion():
+    """``structure="hcp"``: the perfect crystal at EMT's lattice constant has no forces (the
+    energy minimized), every atom 12 nearest neighbors at ``a``, then 6 at ``a sqrt 2``,
+    and the shell around an atom has no center of inversion (unlike fcc's); an alloy cannot
+    be stacked hcp.
+
+    Mutation tried: ``c = a sqrt(3/2)`` instead of ``a sqrt(8/3)`` (fails).
+    """
+    from ase.neighborlist import neighbor_list
+
+    from nequip_spectral.data.materials import lattice_constant, material_supercell
+
+    crystal = material_supercell("Cu", 2, "hcp")
+    a = lattice_constant("Cu", "hcp")
+    assert len(crystal) == 32
+    crystal.calc = EMT()
+    assert np.abs(crystal.get_forces()).max() < 1e-8
+    energy = [_hcp_cell_energy(a + da) for da in (-0.01, 0, 0.01)]
+    assert energy[1] < min(energy[0], energy[2])
+    atom, r, vectors = neighbor_list("idD", crystal, 1.5 * a)
+    for i in range(len(crystal)):
+        shell = np.sort(r[atom == i])
+        np.testing.assert_allclose(shell, [a] * 12 + [a * np.sqrt(2)] * 6, rtol=1e-6)
+    first = vectors[(atom == 0) & (r < 1.1 * a)]
+    inverted = {tuple(np.round(-v, 6)) for v in first}
+    assert inverted != {tuple(np.round(v, 6)) for v in first}
+    with pytest.raises(ValueError, match="one-element"):
+        material_supercell("Cu3Au", 1, "hcp")
+
+
+def _hcp_cell_energy(a):
+    from nequip_spectral.data.materials import _unit_cell
+
+    cell = _unit_cell("Cu", a, "hcp")
+    cell.calc = EMT()
+    return cell.get_potential_energy()
+
+
 def test_command_writes_extxyz_and_shows_every_default(tmp_path, capsys):
     """``nequip-spectral-make-material``: energies, forces, cell and pbc round-trip through
     the file; ``--help`` shows the default of every optional flag; an existing file is
@@ -111,8 +149,8 @@ def test_command_writes_extxyz_and_shows_every_default(tmp_path, capsys):
     with pytest.raises(SystemExit):
         make_material(["--help"])
     text = " ".join(capsys.readouterr().out.split())
-    flags = ["--frames", "--seed", "--material", "--size", "--temperature", "--timestep",
-             "--stride", "--equilibration", "--friction"]  # fmt: skip
+    flags = ["--frames", "--seed", "--material", "--size", "--structure", "--temperature",
+             "--timestep", "--stride", "--equilibration", "--friction"]  # fmt: skip
     for flag, following in zip(flags, [*flags[1:], None], strict=True):
         start = text.index(f"{flag} ", text.index("options:"))
         block = text[start : text.index(f"{following} ", start) if following else None]
