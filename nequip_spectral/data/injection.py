@@ -83,7 +83,10 @@ class SpectralInjection(torch.nn.Module):
             )
         _check_finite(data)
         direction, read = self.marked_direction(data)
-        marked = self.marked_centers(data)
+        return self.inject(data, direction, read, self.marked_centers(data))
+
+    def inject(self, data, direction, read, marked) -> AtomicDataDict.Type:
+        """:meth:`forward` with the marked direction (injected, read) and centers given."""
         numbers = data[AtomicDataDict.ATOMIC_NUMBERS_KEY].view(-1)
         edge_index = data[AtomicDataDict.EDGE_INDEX_KEY]
         edge_vectors = with_edge_vectors_(dict(data), with_lengths=False)[
@@ -101,7 +104,7 @@ class SpectralInjection(torch.nn.Module):
         centers, neighbors = edge_index[:, is_pair]
         dtype = data[AtomicDataDict.POSITIONS_KEY].dtype
 
-        def inject(along, l_values, energy_key, forces_key):  # eps s_l, -eps grad s_l
+        def add(along, l_values, energy_key, forces_key):  # eps s_l, -eps grad s_l
             values, gradients = pair_signal(
                 edge_vectors[is_pair], along, l_values, self.probe.cutoff
             )
@@ -113,10 +116,10 @@ class SpectralInjection(torch.nn.Module):
                 data[energy_key(l)] = (self.probe.amplitude * energies[k]).view(1, 1).to(dtype)
                 data[forces_key(l)] = (self.probe.amplitude * forces[:, k]).to(dtype)
 
-        inject(direction, self.probe.l_values, injected_energy_key, injected_forces_key)
+        add(direction, self.probe.l_values, injected_energy_key, injected_forces_key)
         nulls = [null.l for null in self.probe.null_heads]
         if nulls:  # the null heads' signal
-            inject(self.null_direction(data), nulls, null_energy_key, null_forces_key)
+            add(self.null_direction(data), nulls, null_energy_key, null_forces_key)
         data[MARKED_DIRECTION_KEY] = read.view(1, 3).to(dtype)
         if self.probe.center_fraction is not None:
             data[MARKED_CENTER_KEY] = marked.view(-1, 1).to(torch.long)

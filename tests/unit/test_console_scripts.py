@@ -162,6 +162,44 @@ def test_preview_takes_a_one_element_system_with_a_center_fraction(tmp_path, cap
     assert all(float(row[3]) > 0 for row in rows)  # the injected forces, odd l too
 
 
+def test_preview_reference_gives_the_force_at_the_sites(tmp_path, capsys):
+    """``--reference``: the injected force's power with the atoms at the reference sites, the
+    same centers and direction, over the frames'. Against the first frame itself (an atom moved
+    by a lattice vector, so its own seed would draw another direction), 1 at every ``l``;
+    against the perfect Cu3Au crystal (every Au a center), 0 at even ``l`` (each Cu's
+    Au neighbors, and each Au's shell, are centrosymmetric) and not 0 at odd ``l``. A
+    reference with other atoms is refused, naming the file.
+
+    Mutation tried: the reference's own centers and direction, not the frame's (fails).
+    """
+    from nequip_spectral.data.materials import generate_material, material_supercell
+
+    frames = generate_material("Cu3Au", 2, size=1, equilibration_steps=20, stride=5)
+    data, itself, crystal = (tmp_path / name for name in ("a.extxyz", "b.extxyz", "c.extxyz"))
+    ase.io.write(data, frames[:1])
+    moved = frames[0].copy()
+    moved.positions[1] += moved.cell[0]
+    ase.io.write(itself, moved)
+    ase.io.write(crystal, material_supercell("Cu3Au", 1))
+    preview = main_of("nequip-spectral-preview")
+    args = [str(data), "--l-values", "1", "2", "3", "4", "--centers", "Au", "--neighbors", "Cu"]
+
+    def shares(reference):
+        preview([*args, "--reference", str(reference)])
+        lines = capsys.readouterr().out.splitlines()
+        assert lines[1].split()[-1] == "F_ref^2/F_inj^2"
+        return [float(line.split()[-1]) for line in lines[2:]]
+
+    assert shares(itself) == pytest.approx([1.0] * 4, abs=1e-3)  # (printed to 3 decimals)
+    odd_1, even_2, odd_3, even_4 = shares(crystal)
+    assert even_2 == even_4 == 0 and odd_1 > 0.1 and odd_3 > 0.1
+    other = tmp_path / "cu.extxyz"
+    ase.io.write(other, material_supercell("Cu", 1))
+    with pytest.raises(SystemExit):
+        preview([*args, "--reference", str(other)])
+    assert f"--reference {other}" in capsys.readouterr().err
+
+
 def test_make_c5_writes_the_frames_it_says_and_refuses_an_existing_file(tmp_path, capsys):
     output = tmp_path / "c5.extxyz"
     make_c5 = main_of("nequip-spectral-make-c5")
