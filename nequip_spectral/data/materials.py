@@ -92,6 +92,7 @@ def generate_material(
     equilibration_steps: int = 500,
     friction_per_fs: float = 0.01,
     structure: str = "fcc",
+    vacancies: int = 0,
 ) -> list[Atoms]:
     """Run Langevin dynamics of a periodic supercell and return ``n_frames`` frames.
 
@@ -109,6 +110,8 @@ def generate_material(
         equilibration_steps: steps run before the first recorded frame
         friction_per_fs: Langevin friction
         structure: ``fcc`` (the cubic cell) or, for a one-element metal, ``hcp``
+        vacancies: atoms removed from the perfect supercell (drawn from ``seed``) before the
+            dynamics: their neighbors' sites lose the lattice's symmetry
     """
     from ase.calculators.emt import EMT
     from ase.constraints import FixCom
@@ -118,6 +121,10 @@ def generate_material(
         raise ValueError("n_frames and stride must be positive, equilibration_steps >= 0")
     rng = np.random.default_rng(seed)
     atoms = material_supercell(material, size, structure)
+    if not 0 <= vacancies < len(atoms):
+        raise ValueError(f"vacancies must be in [0, {len(atoms)}), got {vacancies}")
+    if vacancies:
+        del atoms[rng.choice(len(atoms), vacancies, replace=False).tolist()]
     atoms.calc = EMT()
     atoms.set_constraint(FixCom())
     thermalize_momenta(atoms, temperature_K=temperature_K, rng=rng)

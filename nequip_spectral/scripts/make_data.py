@@ -7,6 +7,7 @@ periodic fcc metals and the Cu3Au alloy with EMT labels (:mod:`nequip_spectral.d
 """
 
 import argparse
+import math
 import time
 from pathlib import Path
 
@@ -84,6 +85,8 @@ def make_material(argv=None) -> None:
                         help="repeats of the 4-atom cell: N, or NX NY NZ")  # fmt: skip
     parser.add_argument("--structure", choices=STRUCTURES, default="fcc",
                         help="fcc, or hcp stacking for a one-element metal")  # fmt: skip
+    parser.add_argument("--vacancies", type=int, default=0,
+                        help="atoms removed (drawn from the seed) before the dynamics")  # fmt: skip
     parser.add_argument("--temperature", type=float, default=500.0, help="thermostat, K")
     parser.add_argument("--timestep", type=float, default=2.0, help="MD step, fs")
     parser.add_argument("--stride", type=int, default=10, help="MD steps between frames")
@@ -99,8 +102,12 @@ def make_material(argv=None) -> None:
     if args.structure == "hcp" and args.material not in FCC_METALS:
         parser.error(f"--structure hcp is for the one-element metals {list(FCC_METALS)}")
     size = tuple(size * (3 // len(size)))  # N -> (N, N, N)
+    atoms = 4 * math.prod(size)
+    if not 0 <= args.vacancies < atoms:
+        parser.error(f"--vacancies must be at least 0 and fewer than the {atoms} atoms")
     _write(parser, args, lambda: generate_material(
         args.material, args.frames, size=size, seed=args.seed, temperature_K=args.temperature,
         timestep_fs=args.timestep, stride=args.stride, equilibration_steps=args.equilibration,
         friction_per_fs=args.friction, structure=args.structure,
+        vacancies=args.vacancies,
     ))  # fmt: skip

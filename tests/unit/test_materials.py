@@ -120,6 +120,36 @@ def test_hcp_stacking_is_at_rest_with_twelve_neighbors_and_no_inversion():
         material_supercell("Cu3Au", 1, "hcp")
 
 
+def test_vacancies_remove_atoms_drawn_from_the_seed():
+    """``vacancies=k``: the perfect supercell less ``k`` atoms, the same ones for a seed; the
+    sites around a vacancy are no longer at rest (their environment is not the lattice's); as
+    many vacancies as atoms are refused, by the function and by the command.
+
+    Mutation tried: the removed atoms drawn from an unseeded generator (fails on the seed).
+    """
+    from nequip_spectral.data.materials import material_supercell
+
+    def removed(seed):
+        frame = generate_material("Cu", 1, size=2, seed=seed, vacancies=2,
+                                  equilibration_steps=0, stride=1)[0]  # fmt: skip
+        left = frame.get_scaled_positions()
+        sites = material_supercell("Cu", 2).get_scaled_positions()
+        offset = (sites[:, None] - left[None] + 0.5) % 1 - 0.5  # site - atom, wrapped
+        nearest = np.linalg.norm(offset @ frame.cell.array, axis=-1).min(axis=1)
+        assert len(frame) == 30 and (nearest > 0.3).sum() == 2
+        return set(np.flatnonzero(nearest > 0.3)), frame
+
+    first, frame = removed(3)
+    assert removed(3)[0] == first
+    assert any(removed(seed)[0] != first for seed in (4, 5, 6))
+    frame.calc = EMT()
+    assert np.abs(frame.get_forces()).max() > 0.05  # the vacancies' neighbors feel them
+    with pytest.raises(ValueError, match="vacancies"):
+        generate_material("Cu", 1, size=1, vacancies=4)
+    with pytest.raises(SystemExit):
+        make_material(["--material", "Cu", "--size", "1", "--vacancies", "4", "--output", "x"])
+
+
 def _hcp_cell_energy(a):
     from nequip_spectral.data.materials import _unit_cell
 
@@ -149,8 +179,9 @@ def test_command_writes_extxyz_and_shows_every_default(tmp_path, capsys):
     with pytest.raises(SystemExit):
         make_material(["--help"])
     text = " ".join(capsys.readouterr().out.split())
-    flags = ["--frames", "--seed", "--material", "--size", "--structure", "--temperature",
-             "--timestep", "--stride", "--equilibration", "--friction"]  # fmt: skip
+    flags = ["--frames", "--seed", "--material", "--size", "--structure", "--vacancies",
+             "--temperature", "--timestep", "--stride", "--equilibration",
+             "--friction"]  # fmt: skip
     for flag, following in zip(flags, [*flags[1:], None], strict=True):
         start = text.index(f"{flag} ", text.index("options:"))
         block = text[start : text.index(f"{following} ", start) if following else None]
