@@ -5,7 +5,10 @@ seed (no ``nequip-train``, whose training differs between devices), float64, the
 bundled aspirin frames (12 training, 4 validation, 8 test), both spectra, exact force rows, and
 the report's own per-frame sums, ``target: injected`` (the untrained backbone's error stays
 out). The numbers below were printed by ``tiny_spectrum()``; a change that moves them by more
-than the tolerance must update them and say why in its commit.
+than the tolerance must update them and say why in its commit. The tolerance, 1e-6 relative,
+is what another set of library builds moves them by (3e-8 at the energy's l = 4 in a fresh
+environment on 2026-12-03: its leave-one-out solve on 16 frames is ill-conditioned), far below
+what any change of method does.
 """
 
 import ase.io
@@ -63,4 +66,4 @@ def test_a_tiny_runs_spectrum_is_what_it_was():
     measured = tiny_spectrum()
     for kind, metrics in PINNED.items():
         for metric, values in metrics.items():
-            np.testing.assert_allclose(measured[kind][metric], values, rtol=1e-8, atol=1e-10)
+            np.testing.assert_allclose(measured[kind][metric], values, rtol=1e-6, atol=1e-10)
