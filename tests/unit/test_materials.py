@@ -93,12 +93,15 @@ def test_frames_are_periodic_cells_with_their_emt_labels():
 def test_hcp_stacking_is_at_rest_with_twelve_neighbors_and_no_inversion():
     """``structure="hcp"``: the perfect crystal at EMT's lattice constant has no forces (the
     energy minimized), every atom 12 nearest neighbors at ``a``, then 6 at ``a sqrt 2``,
-    and the shell around an atom has no center of inversion (unlike fcc's); an alloy cannot
-    be stacked hcp.
+    and the shell around an atom has no center of inversion (unlike fcc's); those 18
+    neighbors have no ``l = 2`` moment (sum of ``Y_2``), the next shell has one; an alloy
+    cannot be stacked hcp.
 
-    Mutation tried: ``c = a sqrt(3/2)`` instead of ``a sqrt(8/3)`` (fails).
+    Mutations tried: ``c = a sqrt(3/2)`` instead of ``a sqrt(8/3)``; ``Y_3`` for ``Y_2``
+    (both fail).
     """
     from ase.neighborlist import neighbor_list
+    from e3nn import o3
 
     from nequip_spectral.data.materials import lattice_constant, material_supercell
 
@@ -116,6 +119,14 @@ def test_hcp_stacking_is_at_rest_with_twelve_neighbors_and_no_inversion():
     first = vectors[(atom == 0) & (r < 1.1 * a)]
     inverted = {tuple(np.round(-v, 6)) for v in first}
     assert inverted != {tuple(np.round(v, 6)) for v in first}
+    # docs/method.md: the first two shells carry no l = 2 moment, the third (1.63 a) does
+    atom, r, vectors = neighbor_list("idD", crystal, 1.7 * a)
+    moment = o3.spherical_harmonics(2, torch.as_tensor(vectors), normalize=True)
+    near = torch.as_tensor(r < 1.5 * a)
+    for i in range(len(crystal)):
+        here = torch.as_tensor(atom == i)
+        assert moment[here & near].sum(0).abs().max() < 1e-9
+        assert moment[here & ~near].sum(0).abs().max() > 0.1
     with pytest.raises(ValueError, match="one-element"):
         material_supercell("Cu3Au", 1, "hcp")
 
