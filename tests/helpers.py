@@ -105,15 +105,16 @@ def build(probe, **kwargs):
     )
 
 
-def as_frames(head, control, l_values, kinds=("forces", "energy"), L=2):
-    """The per-frame sums of a synthetic test set, as the report reads them."""
+def as_frames(head, control, l_values, kinds=("forces", "energy"), L=2, degree=2):
+    """The per-frame sums of a synthetic test set, as the report reads them (backbones of
+    features up to ``L``, heads of degree ``degree``: the ceiling ``degree * L``)."""
     import dataclasses
 
     from nequip_spectral.config import SpectralProbeConfig
     from nequip_spectral.report.frames import FrameSums
 
     backbones = tuple(f"b{b}.ckpt" for b in range(head.shape[0]))
-    probe = SpectralProbeConfig(backbones=backbones, l_values=tuple(l_values))
+    probe = SpectralProbeConfig(backbones=backbones, l_values=tuple(l_values), degree=degree)
     num_frames = head.shape[1]
     context = {
         "probe": dataclasses.asdict(probe), "L": L, "kinds": list(kinds), "head_parameters": 1,
@@ -121,6 +122,27 @@ def as_frames(head, control, l_values, kinds=("forces", "energy"), L=2):
     }  # fmt: skip
     order = np.arange(num_frames)
     return FrameSums(head, control, np.array(["f"] * num_frames), order, order, context)
+
+
+def known_readings(rho, recovered, num_frames=4):
+    """Per-frame sums (one kind) whose heads read exactly ``rho`` and ``rho_recovered``: every
+    frame has unit injected power of zero mean, a control with zero gain, the gain ``rho``
+    and ``sum aa = 1 - recovered``.
+
+    Args:
+        rho, recovered: ``(backbones, heads)``
+
+    Returns:
+        ``(head, control)``: ``(backbones, num_frames, 1, heads, 6)`` and ``(.., 1, 3)``
+    """
+    rho, recovered = np.asarray(rho, dtype=float), np.asarray(recovered, dtype=float)
+    head = np.zeros((rho.shape[0], num_frames, 1, rho.shape[1], 6))
+    head[..., 0] = head[..., 4] = 1.0  # n, ee (e = 0: the variance is the power)
+    head[..., 1] = rho[:, None, None]  # tt (rr = 0): the gain
+    head[..., 5] = 1.0 - recovered[:, None, None]  # aa
+    control = np.zeros((rho.shape[0], num_frames, 1, 3))
+    control[..., 0] = 1.0
+    return head, control
 
 
 def random_system(frames, num_features=12, num_heads=3, force_rows=0, seed=0):

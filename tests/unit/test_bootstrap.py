@@ -90,19 +90,35 @@ def test_time_blocks_widen_the_interval_of_a_correlated_series_and_not_of_a_shuf
     assert 0.8 < ratio < 1.25
 
 
-def test_one_backbone_resamples_circular_blocks_of_consecutive_frames():
+def recorded_draws(num_backbones, num_frames, block_length, n_replicates) -> list:
+    """The ``(backbones, frames)`` that :func:`cluster_bootstrap` hands its statistic in every
+    replicate."""
     draws = []
 
     def statistic(backbones, frames):
         draws.append((backbones, frames))
         return np.zeros(1)
 
-    cluster_bootstrap(statistic, 1, 20, block_length=4, n_replicates=30)
+    cluster_bootstrap(statistic, num_backbones, num_frames, block_length, n_replicates)
+    return draws
+
+
+def test_one_backbone_resamples_circular_blocks_of_consecutive_frames():
+    draws = recorded_draws(1, 20, block_length=4, n_replicates=30)
     for backbones, frames in draws:
         assert backbones.tolist() == [0] and frames.shape == (1, 20)
         blocks = frames[0].reshape(5, 4)
         assert np.all((np.diff(blocks, axis=1) % 20) == 1)  # runs, wrapping around the end
     assert len({tuple(f[0]) for _, f in draws}) == 30
+
+
+def test_each_drawn_backbone_gets_its_own_draw_of_time_blocks():
+    """Level 2 draws the blocks of frames independently for every drawn backbone: in every
+    replicate the three backbones' rows of frames are three different block draws."""
+    for _, frames in recorded_draws(3, 20, block_length=4, n_replicates=30):
+        assert frames.shape == (3, 20)
+        assert np.all((np.diff(frames.reshape(3, 5, 4), axis=2) % 20) == 1)  # blocks of 4
+        assert len({tuple(row) for row in frames}) == 3, frames
 
 
 def test_the_same_seed_gives_the_same_replicates():
@@ -141,6 +157,21 @@ def test_the_report_gives_intervals_and_the_block_length(tmp_path):
     frames.save(tmp_path / "frames.npz")
     assert build_report(FrameSums.load(tmp_path / "frames.npz")) == report
     assert build_report(frames, block_length=1)["bootstrap"]["block_length"] == 1
+
+
+def test_the_block_length_is_chosen_from_the_mean_over_backbones():
+    """The report's block length and lag-1 autocorrelation are those of the per-frame Delta
+    averaged over backbones, not backbone 0's: backbone 0 i.i.d. (blocks of 1 to 3 frames),
+    backbone 1 a strongly correlated AR(1) series that dominates the mean."""
+    rng = np.random.default_rng(6)
+    contrast = np.stack([0.5 + 0.1 * rng.normal(size=300), 0.5 + ar1(300, phi=0.95, seed=6)])
+    mean = contrast.mean(0)
+    assert choose_block_length(contrast[0]) <= 3 < choose_block_length(mean)
+    report = build_report(as_frames(*contrast_frames(contrast), (4, 5), kinds=("forces",)))
+    assert report["bootstrap"]["block_length"] == choose_block_length(mean)
+    assert report["bootstrap"]["lag1_autocorrelation"] == pytest.approx(
+        lag1_autocorrelation(mean), rel=1e-12
+    )
 
 
 def test_a_short_series_gets_blocks_of_one_frame():

@@ -5,6 +5,7 @@ import types
 import numpy as np
 import pytest
 import torch
+from ase import Atoms
 from e3nn import o3
 from helpers import assert_forces_equal_finite_differences
 from nequip.data import AtomicDataDict, from_ase
@@ -163,6 +164,22 @@ def test_marked_count_at_least_one_and_not_all(copper, fraction, expected):
     """``F n`` rounded, at least one, at most ``n - 1`` (some neighbors remain)."""
     injection = SpectralInjection({**PROBE, "center_fraction": fraction})
     assert marked(inject(copper[0], injection)).sum() == expected
+
+
+@pytest.mark.parametrize(
+    "n, fraction, expected",
+    [(1, 0.5, 1), (2, 0.9, 1), (3, 0.5, 2), (5, 0.5, 3), (6, 0.7, 4), (10, 0.25, 3),
+     (12, 0.45, 5), (9, 0.05, 1), (20, 0.33, 7)],
+)  # fmt: skip
+def test_marked_count_is_the_fraction_rounded_half_up_for_any_count(n, fraction, expected):
+    """Of ``n`` center-species atoms (two atoms of another species beside them, never marked)
+    ``F n`` are marked, rounded half up (1.5 -> 2, 2.5 -> 3, 4.2 -> 4), at least one and for
+    ``n >= 2`` at most ``n - 1``."""
+    positions = np.random.default_rng(n).uniform(0, 10, size=(n + 2, 3))
+    atoms = Atoms(["Cu"] * n + ["Au"] * 2, positions=positions)
+    injection = SpectralInjection({**PROBE, "center_fraction": fraction})
+    chosen = injection.marked_centers(from_ase(atoms))
+    assert chosen.sum() == expected and not chosen[n:].any()
 
 
 def test_overlapping_species_need_center_fraction():

@@ -38,7 +38,9 @@ def test_compare_writes_one_table_and_one_plot(tmp_path, capsys):
     assert rows["4"]["L1:rho_energy"] == ""  # no energy spectrum measured
     assert (output / "spectral_compare.png").stat().st_size > 10_000
     table = capsys.readouterr().out
-    assert "<- ceiling of L1" in table and "<- ceiling of L2" in table
+    ceilings = {line.split()[0]: line.split("<- ceiling of ")[1]
+                for line in table.splitlines() if "<- ceiling of " in line}  # fmt: skip
+    assert ceilings == {"2": "L1", "4": "L2"}  # d_r L (d_r = 2): for L = 1 not d_r + L = 3
     with pytest.raises(SystemExit):  # an earlier comparison is never overwritten
         compare.main([str(a), str(b), "--output", str(output)])
     with pytest.raises(SystemExit):

@@ -7,7 +7,13 @@ from nequip.data import AtomicDataDict, from_ase
 from nequip.data.dataset import ASEDataset
 from nequip.data.transforms import NeighborListTransform
 
-from nequip_spectral._keys import MARKED_DIRECTION_KEY, injected_energy_key, injected_forces_key
+from nequip_spectral._keys import (
+    MARKED_DIRECTION_KEY,
+    injected_energy_key,
+    injected_forces_key,
+    null_energy_key,
+    null_forces_key,
+)
 from nequip_spectral.data import BUNDLED_ASPIRIN, SpectralInjection
 
 L_ALL = list(range(9))
@@ -173,3 +179,26 @@ def test_shuffled_direction_is_another_than_the_injected_one_for_every_frame(asp
         # what the SPN reads is not the direction of the injected signal
         along_read = inject(atoms, direction=read.view(-1).numpy())
         assert not torch.allclose(energies(along_read)[1:], energies(random)[1:])
+
+
+def test_the_null_heads_signal_is_along_another_direction_for_every_frame(aspirin_atoms):
+    """The null heads' fields are the signal of every ``l > 0`` along the frame's null
+    direction, which is not the marked one (so they differ from the injected fields) and is
+    another for every frame."""
+    injection = SpectralInjection({"l_values": L_ALL})
+    directions = []
+    for atoms in aspirin_atoms:
+        data = inject(atoms)
+        null = injection.null_direction(data)
+        assert null.norm() == pytest.approx(1.0)
+        assert abs(null @ data[MARKED_DIRECTION_KEY].view(-1)) < 0.99
+        along_null = inject(atoms, direction=null.numpy())
+        null_energies = torch.cat([data[null_energy_key(l)].view(1) for l in L_ALL[1:]])
+        null_forces = torch.stack([data[null_forces_key(l)] for l in L_ALL[1:]])
+        assert torch.allclose(null_energies, energies(along_null)[1:], rtol=1e-12, atol=0)
+        assert torch.allclose(null_forces, forces(along_null)[1:], rtol=1e-12, atol=1e-15)
+        assert not torch.allclose(null_energies, energies(data)[1:], rtol=0.01)
+        directions.append(null)
+    directions = torch.stack(directions)
+    distances = (directions[:, None] - directions[None]).norm(dim=-1)
+    assert distances.add(torch.eye(len(directions))).min() > 1e-3
