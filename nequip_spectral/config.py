@@ -27,7 +27,6 @@ _TARGETS = ("residual", "injected")
 _ACTIVATIONS = (None, "gate")
 _READOUTS = ("all", "centers")
 _SOLVERS = ("closed_form", "sgd")
-_RIDGE_SELECTIONS = ("leave_one_out", "validation")
 # force_directions: auto: a frame's Jacobian-vector products touch at most this many
 # atom-directions (every component up to 32 atoms: 96 x 32), and never fewer than 8 directions
 AUTO_ATOM_DIRECTIONS = 3072
@@ -79,7 +78,7 @@ class SpectralProbeConfig:
         force_spectrum: true
         feature_budget: 8000
         force_directions: auto
-        ridge_selection: leave_one_out
+        ridge_folds: 5
         feature_tap: auto
         seed: 0
 
@@ -113,11 +112,10 @@ class SpectralProbeConfig:
           ``auto``: every component up to 32 atoms, beyond that a sketch of ``3072 / N``
           directions (at least 8), so that a frame costs about what a 32-atom frame costs
           (:meth:`force_rows`)
-        ridge_selection: ``closed_form``: how each energy-spectrum head's ridge strength is
-          chosen: ``leave_one_out`` (exact leave-one-frame-out on the training and validation
-          frames together, fitted on both) or ``validation`` (on the validation frames); the
-          force spectrum's heads always use the validation frames (their force rows are kept
-          as sums, so a frame cannot be left out)
+        ridge_folds: ``closed_form``: each head's ridge strength is chosen by cross-validation
+          over this many folds of the training and validation frames, each a block of frames
+          consecutive in their trajectory (never a frame's neighbours in time on both sides of
+          a fit), and a head takes feature weight only where that helps on every fold
         feature_tap: which backbone features the SPN reads (``auto``)
         seed: seed of the marked directions, the marked centers and the SPN weights
 
@@ -174,7 +172,7 @@ class SpectralProbeConfig:
     force_spectrum: bool = True
     feature_budget: int = 8000
     force_directions: int | str = "auto"
-    ridge_selection: str = "leave_one_out"
+    ridge_folds: int = 5
     feature_tap: str = "auto"
     seed: int = 0
 
@@ -288,11 +286,8 @@ class SpectralProbeConfig:
                 "force_directions",
                 f"must be 'auto', 'all' or a positive integer, got {directions!r}",
             )
-        if self.ridge_selection not in _RIDGE_SELECTIONS:
-            _fail(
-                "ridge_selection",
-                f"must be one of {list(_RIDGE_SELECTIONS)}, got {self.ridge_selection!r}",
-            )
+        if not _is_int(self.ridge_folds) or self.ridge_folds < 2:
+            _fail("ridge_folds", f"must be an integer of at least 2, got {self.ridge_folds!r}")
         if not isinstance(self.feature_tap, str) or not self.feature_tap:
             _fail("feature_tap", f"must be 'auto' or a module name, got {self.feature_tap!r}")
         if not _is_int(self.seed):

@@ -167,9 +167,9 @@ def random_system(frames, num_features=12, num_heads=3, force_rows=0, seed=0):
 
 
 def closed_form_report(model, train, validation, test, n_bootstrap=200, batch_size=50) -> dict:
-    """A probe's heads solved in closed form in-process (``validation`` choosing each head's
-    ridge strength) and the report of the ``test`` frames, as a run's test stage builds it
-    (frames in the order given, as one trajectory).
+    """A probe's heads solved in closed form in-process (on ``train`` and ``validation``, in
+    folds of consecutive frames) and the report of the ``test`` frames, as a run's test stage
+    builds it (frames in the order given, as one trajectory).
 
     Args:
         model: a :class:`~nequip_spectral.nn.SpectralProbeModel` (``build(...).model``)
@@ -183,8 +183,7 @@ def closed_form_report(model, train, validation, test, n_bootstrap=200, batch_si
     from nequip_spectral.targets import KINDS
 
     kinds = KINDS if model.with_forces else ("energy",)
-    solve_heads(model, *(collect(model, [part], batch_size, "cpu") for part in (train, validation)),
-                1.0, 1.0)  # fmt: skip
+    solve_heads(model, collect(model, [train, validation], batch_size, "cpu"), 1.0, 1.0)
     heads, controls = [], []
     for start in range(0, len(test), batch_size):
         batch = AtomicDataDict.batched_from_list(test[start : start + batch_size])

@@ -3,6 +3,27 @@
 from .build import backbone_name
 
 
+def floor_mark(report: dict, row: dict, kind: str) -> str:
+    """``~`` where a ``rec`` interval reaches into the null floor (not told apart from chance),
+    ``!`` where it lies wholly below it (the heads fitted what the test frames do not share),
+    else ``" "``."""
+    value = row.get(f"rho_recovered_{kind}")
+    low, high = row.get(f"rho_recovered_{kind}_ci95") or [value, value]
+    floor = (report.get("null_floor") or {}).get(f"rho_recovered_{kind}") or [None, None]
+    if None in (value, low, high, *floor):
+        return " "
+    return "!" if high < floor[0] else "~" if low <= floor[1] else " "
+
+
+FLOOR_NOTES = {
+    "~": "~ rec's interval reaches into the null floor: not told apart from chance",
+    "!": "! rec's interval lies below the null floor: the heads fitted something of the "
+    "fitting frames that the test frames do not share (test frames from another part of the "
+    "trajectory, or too few fitting frames for the features); no recovery, and not a "
+    "property of the backbone",
+}
+
+
 def format_table(report: dict) -> str:
     """The per-``l`` table printed at the end of test."""
     lines = [
@@ -30,7 +51,7 @@ def format_table(report: dict) -> str:
             return f"{'':>{width}}"
         return f"{f'[{cell(bounds[0], 0, digits)}, {cell(bounds[1], 0, digits)}]':>{width}}"
 
-    chance_marked = floor_marked = False
+    chance_marked, floor_marks = False, set()
 
     def reading(row, kind):  # rho, marked * where its chance part outweighs the recovered one
         nonlocal chance_marked
@@ -40,14 +61,10 @@ def format_table(report: dict) -> str:
         chance_marked |= mark
         return f"{cell(rho, 8)}{'*' if mark else ' '}"
 
-    def recovered(row, kind):  # rec, marked ~ where its interval reaches into the null floor
-        nonlocal floor_marked
-        value = row.get(f"rho_recovered_{kind}")
-        low = (row.get(f"rho_recovered_{kind}_ci95") or [value])[0]
-        floor = (report.get("null_floor") or {}).get(f"rho_recovered_{kind}") or [None, None]
-        mark = None not in (value, low, *floor) and low <= floor[1]
-        floor_marked |= mark
-        return f"{cell(value, 6)}{'~' if mark else ' '}"
+    def recovered(row, kind):  # rec, marked against the null floor
+        mark = floor_mark(report, row, kind)
+        floor_marks.add(mark)
+        return f"{cell(row.get(f'rho_recovered_{kind}'), 6)}{mark}"
 
     for l, row in report["per_l"].items():
         mark = "  <- ceiling" if int(l) == report["boundary"] else ""
@@ -64,8 +81,7 @@ def format_table(report: dict) -> str:
             f"{interval(floor.get('rho_recovered_forces'))}, rec_E "
             f"{interval(floor.get('rho_recovered_energy'))}"
         )
-    if floor_marked:
-        lines.append("~ rec's interval reaches into the null floor: not told apart from chance")
+    lines += [note for mark, note in FLOOR_NOTES.items() if mark in floor_marks]
     if chance_marked:
         lines.append(
             "* rho's chance part (the backbone's error and the heads' fit to noise, against the "

@@ -194,11 +194,13 @@ def _closed_form(l_values, force_spectrum, directions, batches, warmup, threads,
     model, _ = _probe(l_values, force_spectrum, "closed_form", directions, alloy)
     model.to(device)
     batches = [_to(batch, device) for batch in batches]
-    systems = {fit: [_empty(model, fit)] for fit in model.fits}
+    num_folds = model.probe.ridge_folds
+    systems = {fit: [[_empty(model, fit) for _ in range(num_folds)]] for fit in model.fits}
     frames, seconds = 0, 0.0
     for i, batch in enumerate(batches):
+        folds = torch.arange(len(batch["num_atoms"]), device=device) % num_folds
         begin = clock()
-        add_least_squares(model, batch, systems)
+        add_least_squares(model, batch, systems, folds)
         if i >= warmup:
             seconds += clock() - begin
             frames += len(batch["num_atoms"])
@@ -206,12 +208,13 @@ def _closed_form(l_values, force_spectrum, directions, batches, warmup, threads,
         queue.put({"per_frame": seconds / frames, "peak_mb": _peak_mb(start_rss, device)})
         return
     for per_backbone in systems.values():  # the solve at full size: as many energy rows
-        data = per_backbone[0]
-        repeats = -(-EPOCH_FRAMES // data.num_frames)
-        for name in ("energy_rows", "energy_types", "energy_targets"):
-            setattr(data, name, getattr(data, name).repeat(repeats, 1)[:EPOCH_FRAMES])
+        for data in per_backbone[0]:
+            size = EPOCH_FRAMES // num_folds
+            repeats = -(-size // data.num_frames)
+            for name in ("energy_rows", "energy_types", "energy_targets"):
+                setattr(data, name, getattr(data, name).repeat(repeats, 1)[:size])
     begin = clock()
-    solve_heads(model, systems, systems, 1.0, 1.0)
+    solve_heads(model, systems, 1.0, 1.0)
     solve = clock() - begin
     peak = _peak_mb(start_rss, device)
     queue.put({"per_frame": seconds / frames, "solve": solve, "peak_mb": peak,

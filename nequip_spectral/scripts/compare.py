@@ -1,8 +1,11 @@
 """``nequip-spectral-compare RUN_DIR... [--labels ...] [--output DIR]``: several runs side by side.
 
-Reads each run's ``spectral_report.json`` (it trains nothing) and writes into ``--output`` one
-table, ``spectral_compare.csv`` (a row per ``l``: rho and R2_inj of forces and energies per
-run), and one overlay plot, ``spectral_compare.png``, with each run's ceiling ``d_r L`` marked.
+Reads each run's ``spectral_report.json`` (it trains nothing), prints the calibrated reading
+of each run side by side (per ``l``: ``rec`` of forces and energies, marked against the run's
+null floor as in the run's own table, and ``R2_inj``; then each run's null floor) and writes
+into ``--output`` one table, ``spectral_compare.csv`` (a row per ``l``: rec with its interval,
+R2_inj and rho of forces and energies per run), and one overlay plot,
+``spectral_compare.png``, with each run's ceiling ``d_r L`` marked.
 """
 
 import argparse
@@ -13,8 +16,10 @@ from pathlib import Path
 import numpy as np
 
 from ..report import REPORT_FILES
+from ..report.table import FLOOR_NOTES, floor_mark
 
-COLUMNS = ("rho_forces", "R2_inj_forces", "rho_energy", "R2_inj_energy")
+COLUMNS = tuple(column.format(kind) for kind in ("forces", "energy") for column in (
+    "rho_recovered_{}", "rho_recovered_{}_ci95", "R2_inj_{}", "rho_{}"))  # fmt: skip
 FILES = ("spectral_compare.csv", "spectral_compare.png")
 
 
@@ -29,30 +34,57 @@ def load_reports(run_dirs) -> list[dict]:
 
 
 def comparison_rows(reports: list[dict], labels: list[str]) -> tuple[list[str], list[list]]:
-    """The table: a row per ``l`` probed by any run; ``None`` where a run did not probe it."""
+    """The table: a row per ``l`` probed by any run (an interval as its two ends); ``None``
+    where a run did not probe it."""
     ls = sorted({int(l) for report in reports for l in report["per_l"]})
-    header = ["l", *(f"{label}:{column}" for label in labels for column in COLUMNS)]
-    rows = [
-        [l, *(report["per_l"].get(str(l), {}).get(column) for report in reports
-              for column in COLUMNS)]
-        for l in ls
-    ]  # fmt: skip
+    columns = [f"{c}_{end}" if c.endswith("ci95") else c for c in COLUMNS
+               for end in (("low", "high") if c.endswith("ci95") else ("",))]  # fmt: skip
+    header = ["l", *(f"{label}:{column}" for label in labels for column in columns)]
+
+    def values(row):
+        for column in COLUMNS:
+            value = row.get(column)
+            yield from (value or [None, None]) if column.endswith("ci95") else [value]
+
+    rows = [[l, *(v for report in reports for v in values(report["per_l"].get(str(l), {})))]
+            for l in ls]  # fmt: skip
     return header, rows
 
 
 def format_comparison(reports, labels, cell: int = 9) -> str:
-    """The table as printed: four columns per run, the ceilings marked."""
-    _, rows = comparison_rows(reports, labels)
-    names = ("rho_F", "R2inj_F", "rho_E", "R2inj_E")
+    """The table as printed: rec (marked against the run's null floor) and R2_inj of forces
+    and energies per run, the ceilings marked; then each run's null floor."""
+    ls = sorted({int(l) for report in reports for l in report["per_l"]})
+    names = ("rec_F", "R2inj_F", "rec_E", "R2inj_E")
     lines = [
         "   " + "".join(f"{label[: 4 * cell - 2]:>{4 * cell}}" for label in labels),
         "  l" + "".join(f"{name:>{cell}}" for name in names) * len(labels),
     ]
-    for l, *values in rows:
-        cells = "".join(f"{'n/a' if v is None else f'{v:.3f}':>{cell}}" for v in values)
-        marks = [label for label, report in zip(labels, reports, strict=True)
-                 if report["boundary"] == l]  # fmt: skip
-        lines.append(f"{l:>3}{cells}" + (f"  <- ceiling of {', '.join(marks)}" if marks else ""))
+
+    def value(v, mark=" "):
+        return f"{'n/a' if v is None else f'{v:.3f}':>{cell - 1}}{mark}"
+
+    marks = set()
+    for l in ls:
+        cells = ""
+        for report in reports:
+            row = report["per_l"].get(str(l), {})
+            for kind in ("forces", "energy"):
+                mark = floor_mark(report, row, kind) if row else " "
+                marks.add(mark)
+                cells += value(row.get(f"rho_recovered_{kind}"), mark)
+                cells += value(row.get(f"R2_inj_{kind}"))
+        ceilings = [label for label, report in zip(labels, reports, strict=True)
+                    if report["boundary"] == l]  # fmt: skip
+        lines.append(f"{l:>3}{cells}" + (f"  <- ceiling of {', '.join(ceilings)}"
+                                         if ceilings else ""))  # fmt: skip
+    for label, report in zip(labels, reports, strict=True):
+        floor = report.get("null_floor") or {}
+        spans = [f"rec_{kind[0].upper()} [{low:.3f}, {high:.3f}]" for kind in ("forces", "energy")
+                 if None not in (bounds := floor.get(f"rho_recovered_{kind}") or [None])
+                 for low, high in [bounds]]  # fmt: skip
+        lines.append(f"null floor of {label}: {', '.join(spans) or 'none (no null heads)'}")
+    lines += [note for mark, note in FLOOR_NOTES.items() if mark in marks]
     return "\n".join(lines)
 
 
@@ -62,17 +94,23 @@ def plot_comparison(reports, labels, path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    low, high = -0.5, 1.05  # rec <= 1; a reading below -0.5 is drawn at it, as a triangle
     fig, axes = plt.subplots(1, 2, figsize=(11, 4), sharex=True, sharey=True)
     for ax, kind in zip(axes, ("forces", "energy"), strict=True):
         for k, (label, report) in enumerate(zip(labels, reports, strict=True)):
-            ls = [int(l) for l in report["per_l"]]
-            rho = [np.nan if (v := row[f"rho_{kind}"]) is None else v
-                   for row in report["per_l"].values()]  # fmt: skip
-            (line,) = ax.plot(ls, np.clip(rho, -1.0, 1.5), marker="o", label=label)
+            ls = np.array([int(l) for l in report["per_l"]])
+            rec = np.array([np.nan if (v := row[f"rho_recovered_{kind}"]) is None else v
+                            for row in report["per_l"].values()])  # fmt: skip
+            (line,) = ax.plot(ls, np.clip(rec, low, high), marker="o", label=label)
+            clipped = rec < low
+            ax.plot(ls[clipped], np.full(clipped.sum(), low), "v", color=line.get_color(),
+                    markersize=9)  # fmt: skip
             ax.axvline(report["boundary"] + 0.04 * k, color=line.get_color(), linestyle="--",
                        linewidth=1)  # fmt: skip
         ax.axhline(0.0, color="gray", linewidth=0.5)
-        ax.set_title(f"rho, {kind.replace('forces', 'force')} spectrum (dashed: d_r L)")
+        ax.set_ylim(low - 0.05, high + 0.05)
+        ax.set_title(f"rec, {kind.replace('forces', 'force')} spectrum (dashed: d_r L; "
+                     f"v: below {low})")  # fmt: skip
         ax.set_xlabel("angular frequency l")
         ax.legend()
     fig.tight_layout()

@@ -1,15 +1,16 @@
-"""The closed-form solver: one pass over the training and validation frames, then two solves.
+"""The closed-form solver: one pass over the fitting frames, then a ridge solve.
 
 Every head of the probe is linear in its weights (``solver: closed_form``), so fitting it is a
-ridge regression (:mod:`nequip_spectral.theory.ridge`). One pass over the training split
-collects every backbone's least-squares data (energy rows, a force row per force component or
-per sketched direction), one over the validation split the same; under DDP each rank takes
-every ``world``-th batch and the data are joined before solving. The energy spectrum's heads
-are then solved on energies alone, each ridge strength chosen by exact leave-one-frame-out on
-both splits (``ridge_selection: leave_one_out``) or on the validation split; the force
-spectrum's on energies and forces with the loss's weights, chosen on the validation split
-(each head relative to the control head, see :func:`solve_heads`); the solutions are loaded
-into the heads.
+ridge regression (:mod:`nequip_spectral.theory.ridge`). One pass over the training and
+validation splits collects every backbone's least-squares data (energy rows, a force row per
+force component or per sketched direction), kept apart by fold: ``ridge_folds`` blocks of
+frames consecutive in their trajectory (MD frames are correlated: a frame's neighbours in time
+are near-copies of it, so a random split would choose on frames its fit has all but seen).
+Under DDP each rank takes every ``world``-th batch and the data are joined before solving.
+Each head is then fitted on all folds, its ridge strength chosen by cross-validation over them
+(:func:`~nequip_spectral.theory.ridge.solve_ridge`): the energy spectrum's heads on energies
+alone, the force spectrum's on energies and forces with the loss's weights, each relative to
+the control head (:func:`solve_heads`); the solutions are loaded into the heads.
 """
 
 import dataclasses
@@ -24,12 +25,13 @@ from .._keys import ENERGY_FIT, FORCE_FIT, Null
 from ..config import SpectralProbeError
 from ..data.injection import frame_digest
 from ..nn.probe import backbone_predictions, feature_derivatives
+from ..report.frames import frame_source
 from ..targets import head_target
 from ..theory.ridge import ALPHAS, LeastSquaresData, sketch_directions, solve_ridge
 
 
-def add_least_squares(probe_model, data, systems) -> None:
-    """Add a batch's rows to every backbone's least-squares data.
+def add_least_squares(probe_model, data, systems, folds: torch.Tensor) -> None:
+    """Add a batch's rows to every backbone's least-squares data, each frame's to its fold.
 
     Energy rows: the features summed over the readout atoms, per atom. With the force
     spectrum, force rows: the heads' forces along directions ``v``, minus the derivative of
@@ -40,7 +42,8 @@ def add_least_squares(probe_model, data, systems) -> None:
     Args:
         probe_model: the :class:`~nequip_spectral.nn.SpectralProbeModel`
         data: a batch
-        systems: ``{fit: [LeastSquaresData of each backbone]}``
+        systems: ``{fit: [[LeastSquaresData of each fold] of each backbone]}``
+        folds: ``(frames,)`` each frame's fold
     """
     batch = probe_model.read(data, torch.float64)
     num_atoms = batch.data[AtomicDataDict.NUM_NODES_KEY].view(-1, 1).to(torch.float64)
@@ -65,7 +68,10 @@ def add_least_squares(probe_model, data, systems) -> None:
             rows = frame_features(b, features.detach()) / num_atoms
             energy_targets = targets("energy")[:, 0] / num_atoms
         for fit in probe_model.fits:
-            systems[fit][b].add_energies(rows, counts / num_atoms, energy_targets)
+            for fold, part in enumerate(systems[fit][b]):
+                mine = folds == fold
+                part.add_energies(rows[mine], counts[mine] / num_atoms[mine],
+                                  energy_targets[mine])  # fmt: skip
         if not probe_model.with_forces:
             continue
         # the features' derivatives along every direction, then the feature map's
@@ -81,8 +87,12 @@ def add_least_squares(probe_model, data, systems) -> None:
             )
             along = batch.frame_sum(torch.einsum("snc,nch->snh", tangents.to(torch.float64),
                                                  targets("forces")))  # fmt: skip
-        rows = -along_features.flatten(0, 1)  # (directions x frames, K)
-        systems[FORCE_FIT][b].add_forces(rows, along.flatten(0, 1), components=batch.pos.numel())
+        rows, along = -along_features.flatten(0, 1), along.flatten(0, 1)  # (S x frames, ...)
+        row_folds = folds.repeat(len(tangents))
+        for fold, part in enumerate(systems[FORCE_FIT][b]):
+            mine = row_folds == fold
+            atoms = num_atoms[folds == fold].sum()
+            part.add_forces(rows[mine], along[mine], components=int(3 * atoms))
 
 
 def force_sketch(batch, probe) -> torch.Tensor:
@@ -102,41 +112,65 @@ def force_sketch(batch, probe) -> torch.Tensor:
     return tangents.to(device=pos.device, dtype=pos.dtype)
 
 
-def _batches(datasets, batch_size: int, device):
-    """This rank's share of the frames of ``datasets``, in order, as batches on ``device``."""
+def fold_of_frames(datasets, num_folds: int) -> list[torch.Tensor]:
+    """Each frame's fold, per dataset: the frames of all ``datasets`` in trajectory order
+    (file, then index in it; :func:`~nequip_spectral.report.frames.frame_source`; frames of
+    no known file in the order given) cut into ``num_folds`` blocks of consecutive frames."""
+    def place(d, i):  # a frame of no known file: in the order given
+        file, index = frame_source(datasets[d], i)
+        return (file, index) if file else ("", d, i)
+
+    frames = sorted((place(d, i), d, i) for d, dataset in enumerate(datasets)
+                    for i in range(len(dataset)))  # fmt: skip
+    folds = [torch.zeros(len(dataset), dtype=torch.int64) for dataset in datasets]
+    for position, (_, d, i) in enumerate(frames):
+        folds[d][i] = position * num_folds // len(frames)
+    return folds
+
+
+def _batches(datasets, batch_size: int, device, num_folds: int):
+    """This rank's share of the frames of ``datasets``, in order, as batches on ``device``,
+    each with its frames' folds (:func:`fold_of_frames`)."""
     rank, world = rank_and_world()
-    for dataset in datasets:
+    for dataset, folds in zip(datasets, fold_of_frames(datasets, num_folds), strict=True):
         starts = range(0, len(dataset), batch_size)
         for number, start in enumerate(starts):
             if number % world == rank:
-                frames = [dataset[i] for i in range(start, min(start + batch_size, len(dataset)))]
-                yield AtomicDataDict.to_(AtomicDataDict.batched_from_list(frames), device)
+                indices = range(start, min(start + batch_size, len(dataset)))
+                frames = [dataset[i] for i in indices]
+                batch = AtomicDataDict.to_(AtomicDataDict.batched_from_list(frames), device)
+                yield batch, folds[indices.start : indices.stop].to(device)
 
 
 def collect(probe_model, datasets, batch_size: int, device) -> dict:
-    """``{fit: [LeastSquaresData of each backbone]}`` of the frames of ``datasets``."""
+    """``{fit: [[LeastSquaresData of each fold] of each backbone]}`` of the frames of
+    ``datasets``, in ``ridge_folds`` folds of consecutive frames."""
+    num_folds = probe_model.probe.ridge_folds
     systems = {
         fit: [
-            LeastSquaresData.empty(
-                heads.features.num_features, probe_model.shifts[fit].shape[1], heads.num_heads
-            )
+            [
+                LeastSquaresData.empty(
+                    heads.features.num_features, probe_model.shifts[fit].shape[1],
+                    heads.num_heads,
+                )
+                for _ in range(num_folds)
+            ]
             for heads in probe_model.heads[fit]
         ]
         for fit in probe_model.fits
     }
-    for batch in _batches(datasets, batch_size, device):
-        add_least_squares(probe_model, batch, systems)
-    return {fit: [data.all_ranks() for data in per_backbone] for fit, per_backbone in
-            systems.items()}  # fmt: skip
+    for batch, folds in _batches(datasets, batch_size, device, num_folds):
+        add_least_squares(probe_model, batch, systems, folds)
+    return {fit: [[fold.all_ranks() for fold in per_fold] for per_fold in per_backbone]
+            for fit, per_backbone in systems.items()}  # fmt: skip
 
 
-def solve_heads(probe_model, train, validation, energy_coeff, forces_coeff, alphas=ALPHAS):
+def solve_heads(probe_model, folds, energy_coeff, forces_coeff, alphas=ALPHAS):
     """Solve every head, load it into the model, and return what was chosen.
 
     Args:
         probe_model: the :class:`~nequip_spectral.nn.SpectralProbeModel`
-        train, validation: the splits' data from :func:`collect`; the energy spectrum's
-            heads are fitted on both when ``ridge_selection`` is ``leave_one_out``
+        folds: the fitting frames' data from :func:`collect`, by fold
         energy_coeff, forces_coeff: the force spectrum's loss weights
         alphas: the grid of ridge strengths
 
@@ -156,20 +190,15 @@ def solve_heads(probe_model, train, validation, energy_coeff, forces_coeff, alph
     intercept = torch.tensor([l is None or (not isinstance(l, Null) and l == 0)
                               for l in probe_model.targets])  # fmt: skip
     add_control = torch.linalg.inv(relative)
-    leave_one_out = probe_model.probe.ridge_selection == "leave_one_out"
     chosen = {}
     for fit in probe_model.fits:
         chosen[fit] = []
         for b, heads in enumerate(probe_model.heads[fit]):
-            fitting, choosing = train[fit][b], validation[fit][b]
-            if fit == ENERGY_FIT and leave_one_out:  # every frame fits, and chooses left out
-                fitting, choosing = LeastSquaresData.joined([fitting, choosing]), None
             solution = {}  # weights, intercepts, alpha, at_edge: (..., heads)
             for group in (intercept, ~intercept):  # two designs: with and without intercepts
                 if group.any():
                     part = solve_ridge(
-                        fitting.with_targets(relative[:, group]),
-                        choosing and choosing.with_targets(relative[:, group]),
+                        [fold.with_targets(relative[:, group]) for fold in folds[fit][b]],
                         *weights[fit],
                         alphas,
                         intercept=bool(intercept[group][0]),
@@ -191,7 +220,8 @@ def solve_heads(probe_model, train, validation, energy_coeff, forces_coeff, alph
 
 def fit_closed_form(probe_model, train_datasets, val_datasets, energy_coeff, forces_coeff,
                     batch_size: int, device, saved: Path | None = None) -> dict:  # fmt: skip
-    """:func:`collect` both splits and :func:`solve_heads`; the timings in the result.
+    """:func:`collect` the training and validation frames and :func:`solve_heads`; the
+    timings in the result.
 
     With ``saved`` (a file in the run directory), a solve that fails never loses the pass:
     the collected data are written there before the error is raised, and a rerun of the same
@@ -199,6 +229,7 @@ def fit_closed_form(probe_model, train_datasets, val_datasets, energy_coeff, for
     once solved). A file from other probe settings or frames is refused.
     """
     start = time.perf_counter()
+    datasets = [*train_datasets, *val_datasets]
     key = _collection_key(probe_model, train_datasets, val_datasets)
     if saved is not None and saved.exists():
         stored = torch.load(saved, weights_only=False)
@@ -207,18 +238,17 @@ def fit_closed_form(probe_model, train_datasets, val_datasets, energy_coeff, for
                 f"{saved} holds the closed form's normal equations of a run with other "
                 "spectral_probe settings or frames; remove it, or run in another directory"
             )
-        train, validation = stored["train"], stored["validation"]
+        folds = stored["folds"]
         print(f"closed form: the collected normal equations read from {saved}", flush=True)
     else:
-        train = collect(probe_model, train_datasets, batch_size, device)
-        validation = collect(probe_model, val_datasets, batch_size, device)
+        folds = collect(probe_model, datasets, batch_size, device)
     collected = time.perf_counter()
     try:
-        chosen = solve_heads(probe_model, train, validation, energy_coeff, forces_coeff)
+        chosen = solve_heads(probe_model, folds, energy_coeff, forces_coeff)
     except Exception as error:
         if saved is None or saved.exists() or rank_and_world()[0] != 0:
             raise
-        torch.save({"key": key, "train": train, "validation": validation}, saved)
+        torch.save({"key": key, "folds": folds}, saved)
         raise RuntimeError(
             f"the closed-form solve failed ({type(error).__name__}: {error}). The collected "
             f"normal equations are saved in {saved}: a rerun of the same command in the same "
@@ -228,18 +258,18 @@ def fit_closed_form(probe_model, train_datasets, val_datasets, energy_coeff, for
         saved.unlink()
     return {
         "heads": chosen,
-        "train_frames": train[ENERGY_FIT][0].num_frames,
-        "val_frames": validation[ENERGY_FIT][0].num_frames,
+        "train_frames": sum(len(d) for d in train_datasets),
+        "val_frames": sum(len(d) for d in val_datasets),
+        "folds": probe_model.probe.ridge_folds,
         "seconds_collect": collected - start,
         "seconds_solve": time.perf_counter() - collected,
     }
 
 
 def _collection_key(probe_model, train_datasets, val_datasets) -> dict:
-    """What the collected data depend on: the probe's settings (but the solve's own) and the
-    frames' count of each split."""
+    """What the collected data depend on: the probe's settings and the frames' count of each
+    split."""
     settings = dataclasses.asdict(probe_model.probe)
-    settings.pop("ridge_selection")
     counts = [[len(d) for d in datasets] for datasets in (train_datasets, val_datasets)]
     return {"probe": settings, "frames": counts}
 
@@ -253,9 +283,8 @@ def describe_solution(result: dict, probe_model) -> str:
         f"{result['val_frames']} validation frames collected in {result['seconds_collect']:.1f}"
         f" s, solved in {result['seconds_solve']:.1f} s"
     ]
+    how = f"{result['folds']}-fold cross-validation on consecutive frames"
     for fit, per_backbone in result["heads"].items():
-        left_out = fit == ENERGY_FIT and probe_model.probe.ridge_selection == "leave_one_out"
-        how = "leave-one-frame-out" if left_out else "the validation frames"
         for b, chosen in enumerate(per_backbone):
             alphas = " ".join(f"{a:.0e}" for a in chosen["alpha"])
             edge = " (some at the grid's edge)" if any(chosen["at_edge"]) else ""

@@ -14,13 +14,13 @@ The weighted loss of the probe,
 is a ridge regression. Its data are kept as :class:`LeastSquaresData`: the energy rows
 themselves (one per frame, :math:`K` numbers) and the force rows' normal equations
 :math:`\sum g g^\top`, :math:`\sum g\, t^F` (a force row per force component, or per random
-direction of a sketch, see :func:`sketch_directions`). :func:`solve_ridge` partials out the
-intercept, scales the features to a unit diagonal (:math:`D`; a feature at round-off level,
-below ``DROPPED_BELOW`` of the largest diagonal, is left out), and solves for every
-:math:`\alpha` of a grid at once from one eigendecomposition (of the :math:`K \times K`
-normal matrix, or of the frames' Gram matrix when there are fewer energy rows than features
-and no force rows); each head keeps the :math:`\alpha` with the lowest loss on the
-validation data.
+direction of a sketch, see :func:`sketch_directions`), one set a fold of consecutive frames.
+:func:`ridge_path` partials out the intercept, scales the features to a unit diagonal
+(:math:`D`; a feature at round-off level, below ``DROPPED_BELOW`` of the largest diagonal, is
+left out), and solves for every :math:`\alpha` of a grid at once from one eigendecomposition
+(of the :math:`K \times K` normal matrix, or of the frames' Gram matrix when there are fewer
+energy rows than features and no force rows); :func:`solve_ridge` chooses each head's
+:math:`\alpha` by cross-validation over the folds.
 """
 
 import dataclasses
@@ -147,15 +147,14 @@ class RidgeSolution:
         alpha: ``(heads,)`` the chosen ridge strengths
         at_edge: ``(heads,)`` whether a chosen strength is the grid's first or last finite
             one (an infinite last strength is a real choice: no feature weight)
-        selection_loss: ``(alphas, heads)`` the loss that chose: on the validation data, or
-            leave-one-frame-out
+        fold_loss: ``(folds, alphas, heads)`` each held-out fold's loss, that chose
     """
 
     weights: torch.Tensor
     intercepts: torch.Tensor
     alpha: np.ndarray
     at_edge: np.ndarray
-    selection_loss: np.ndarray
+    fold_loss: np.ndarray
 
 
 def _loss(data, weights, intercepts, energy_coeff, forces_coeff) -> torch.Tensor:
@@ -181,47 +180,26 @@ def _symmetric_eigh(matrix: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return torch.from_numpy(values), torch.from_numpy(vectors)
 
 
-def solve_ridge(
-    train: LeastSquaresData,
-    validation: LeastSquaresData | None,
-    energy_coeff: float = 1.0,
-    forces_coeff: float = 1.0,
-    alphas: np.ndarray = ALPHAS,
-    intercept: bool = True,
-) -> RidgeSolution:
-    """The ridge solution of every head, its strength chosen on ``validation`` (module doc),
-    or, with ``validation=None``, by exact leave-one-frame-out on ``train`` itself
-    (:func:`leave_one_out_losses`; energy rows only).
-
-    Args:
-        train, validation: the fitting data and the data that choose each strength
-        energy_coeff, forces_coeff: the loss weights of energies and forces; a zero drops the
-            kind (``forces_coeff = 0``: the energy spectrum's question)
-        alphas: the grid of ridge strengths (relative: the scaled normal matrix has a unit
-            diagonal)
-        intercept: fit the per-type intercepts (else they are zero)
-    """
-    use_forces = bool(forces_coeff) and float(train.force_components) > 0
+def ridge_path(data: LeastSquaresData, energy_coeff: float, forces_coeff: float,
+               intercept: bool = True):  # fmt: skip
+    """``alpha -> (weights, intercepts)``: the ridge solution of every head on ``data`` for
+    any strength, from one eigendecomposition (module doc)."""
+    use_forces = bool(forces_coeff) and float(data.force_components) > 0
     if not energy_coeff and not use_forces:
         raise ValueError("solve_ridge: nothing to fit (no energy weight and no force rows)")
-    if validation is None and use_forces:
-        raise ValueError(
-            "solve_ridge: leave-one-out needs every row, and force rows are kept as sums; "
-            "pass the validation data"
-        )
     # the intercept fits energies only; partial it out of the energy rows (Frisch-Waugh)
-    types = train.energy_types if intercept else train.energy_types[:, :0]
+    types = data.energy_types if intercept else data.energy_types[:, :0]
     projector = torch.linalg.pinv(types)  # targets -> least-squares intercepts
-    rows = train.energy_rows - types @ (projector @ train.energy_rows)
-    targets = train.energy_targets - types @ (projector @ train.energy_targets)
-    energy_weight = energy_coeff / max(train.num_frames, 1)
-    force_weight = forces_coeff / float(train.force_components) if use_forces else 0.0
-    diagonal = energy_weight * rows.square().sum(0) + force_weight * train.force_gram.diagonal()
+    rows = data.energy_rows - types @ (projector @ data.energy_rows)
+    targets = data.energy_targets - types @ (projector @ data.energy_targets)
+    energy_weight = energy_coeff / max(data.num_frames, 1)
+    force_weight = forces_coeff / float(data.force_components) if use_forces else 0.0
+    diagonal = energy_weight * rows.square().sum(0) + force_weight * data.force_gram.diagonal()
     # a feature at round-off level (one that symmetry makes zero, say) is left out: scaled to
     # a unit diagonal it would be pure noise with the weight of a real feature
     kept = diagonal > DROPPED_BELOW * diagonal.max()
     inverse_scale = diagonal[kept].rsqrt()
-    moment = energy_weight * rows.T @ targets + force_weight * train.force_moment
+    moment = energy_weight * rows.T @ targets + force_weight * data.force_moment
     moment = moment[kept] * inverse_scale[:, None]
 
     scaled = rows[:, kept] * (energy_weight**0.5 * inverse_scale)  # the unit-diagonal problem
@@ -231,7 +209,7 @@ def solve_ridge(
         eigenvalues = eigenvalues[keep]
         basis = scaled.T @ eigenvectors[:, keep] / eigenvalues.sqrt()  # the same eigenvectors
     else:
-        gram = scaled.T @ scaled + force_weight * train.force_gram[kept][:, kept] * torch.outer(
+        gram = scaled.T @ scaled + force_weight * data.force_gram[kept][:, kept] * torch.outer(
             inverse_scale, inverse_scale
         )
         eigenvalues, basis = _symmetric_eigh(gram)
@@ -241,57 +219,60 @@ def solve_ridge(
         modes = projected / (eigenvalues.clamp(min=0) + alpha)[:, None]
         weights = moment.new_zeros(len(kept), moment.shape[1])  # a left-out feature: no weight
         weights[kept] = basis @ modes * inverse_scale[:, None]
-        intercepts = torch.zeros(train.energy_types.shape[1], weights.shape[1]).to(weights)
+        intercepts = torch.zeros(data.energy_types.shape[1], weights.shape[1]).to(weights)
         if intercept:
-            intercepts = projector @ (train.energy_targets - train.energy_rows @ weights)
+            intercepts = projector @ (data.energy_targets - data.energy_rows @ weights)
         return weights, intercepts
 
-    if validation is None:
-        losses = energy_coeff * leave_one_out_losses(
-            scaled @ basis, eigenvalues, targets, types, alphas
-        )
-    else:
-        losses = np.stack(
-            [
-                _loss(validation, *solution(alpha), energy_coeff, forces_coeff * use_forces)
-                .numpy()
-                for alpha in alphas
-            ]
-        )
-    best = losses.argmin(0)
+    return solution
+
+
+def solve_ridge(
+    folds: list[LeastSquaresData],
+    energy_coeff: float = 1.0,
+    forces_coeff: float = 1.0,
+    alphas: np.ndarray = ALPHAS,
+    intercept: bool = True,
+) -> RidgeSolution:
+    """The ridge solution of every head on all ``folds``, each head's strength chosen by
+    cross-validation over the folds (blocks of frames consecutive in their trajectory).
+
+    Each fold is held out in turn and the heads fitted on the others are scored on it; a head
+    takes the strength of lowest loss over all held-out folds, and keeps it only if it beats
+    the infinite strength (no feature weight) on *every* fold: a head whose target no feature
+    predicts (above the ceiling, a null head) then reads exactly 0 instead of the noise that
+    happened to fit the trajectory best on average.
+
+    Args:
+        folds: the fitting data, one part a fold (at least two with frames)
+        energy_coeff, forces_coeff: the loss weights of energies and forces; a zero drops the
+            kind (``forces_coeff = 0``: the energy spectrum's question)
+        alphas: the grid of ridge strengths (relative: the scaled normal matrix has a unit
+            diagonal); when the last is infinite, the reference of the every-fold rule
+        intercept: fit the per-type intercepts (else they are zero)
+    """
+    folds = [fold for fold in folds if fold.num_frames]
+    if len(folds) < 2:
+        raise ValueError("solve_ridge: cross-validation needs at least two folds with frames")
+    fold_loss = []  # (folds, alphas, heads): each fold's loss of the heads fitted without it
+    for k, held in enumerate(folds):
+        rest = LeastSquaresData.joined(folds[:k] + folds[k + 1 :])
+        solution = ridge_path(rest, energy_coeff, forces_coeff, intercept)
+        fold_loss.append([_loss(held, *solution(a), energy_coeff, forces_coeff).numpy()
+                          for a in alphas])  # fmt: skip
+    fold_loss = np.array(fold_loss)
+    frames = np.array([fold.num_frames for fold in folds], dtype=float)
+    pooled = np.tensordot(frames / frames.sum(), fold_loss, axes=1)  # (alphas, heads)
+    best = pooled.argmin(0)
+    if np.isinf(alphas[-1]):  # feature weight must beat none on every fold
+        helps = (fold_loss[:, best, np.arange(len(best))] < fold_loss[:, -1]).all(0)
+        best = np.where(helps, best, len(alphas) - 1)
+    solution = ridge_path(LeastSquaresData.joined(folds), energy_coeff, forces_coeff, intercept)
     solved = {i: solution(alphas[i]) for i in set(best.tolist())}  # once per chosen strength
     return RidgeSolution(
         weights=torch.stack([solved[i][0][:, h] for h, i in enumerate(best)], 1),
         intercepts=torch.stack([solved[i][1][:, h] for h, i in enumerate(best)], 1),
         alpha=np.asarray(alphas)[best],
         at_edge=(best == 0) | ((best == len(alphas) - 1) & np.isfinite(alphas[-1])),
-        selection_loss=losses,
+        fold_loss=fold_loss,
     )
-
-
-def leave_one_out_losses(modes, eigenvalues, targets, types, alphas) -> np.ndarray:
-    r"""``(alphas, heads)``: each head's mean squared leave-one-frame-out error, exactly.
-
-    The fitted energies are :math:`H t` with the hat matrix :math:`H = P + Z (\Lambda +
-    \alpha)^{-1} Z^\top` (:math:`P` the per-type intercepts' projector, :math:`Z` the
-    intercept-free, scaled energy rows in the eigenbasis of the normal matrix), so the error
-    on frame :math:`i` of the heads fitted without it is :math:`(t - H t)_i / (1 - H_{ii})`:
-    one eigendecomposition gives every frame's and every strength's.
-
-    Args:
-        modes: ``(frames, modes)`` :math:`Z`, the scaled rows times the eigenvectors
-        eigenvalues: ``(modes,)`` :math:`\Lambda`
-        targets: ``(frames, heads)`` the energy targets, intercepts partialled out
-        types: ``(frames, types)`` the intercept's rows
-        alphas: the ridge strengths
-    """
-    intercept_leverage = (types * torch.linalg.pinv(types).T).sum(1)
-    projected = modes.T @ targets  # (modes, heads)
-    losses = []
-    for alpha in alphas:
-        shrink = 1.0 / (eigenvalues.clamp(min=0) + alpha)
-        residual = targets - modes @ (projected * shrink[:, None])
-        leverage = intercept_leverage + (modes.square() * shrink).sum(1)
-        remaining = (1.0 - leverage).clamp(min=1e-12)[:, None]  # 1: a frame nothing else fits
-        losses.append((residual / remaining).square().mean(0).numpy())
-    return np.stack(losses)

@@ -194,7 +194,7 @@ def _solver_summary(probe_model, atoms: list[int]) -> dict:
         if hasattr(first, "alpha"):
             summary["features"] = first.features.num_features
             summary["mixed_irreps"] = str(first.features.irreps_mix)
-            summary["ridge_selection"] = probe_model.probe.ridge_selection
+            summary["ridge_folds"] = probe_model.probe.ridge_folds
             summary[f"alpha_{fit}"] = [  # null: infinite (the head has no feature weight)
                 [a if math.isfinite(a) else None for a in heads.alpha.tolist()]
                 for heads in per_backbone

@@ -85,11 +85,10 @@ def penalized_problem(data, alpha, energy_coeff, forces_coeff):
 def test_solution_is_the_ridge_argmin(frames, force_rows):
     """Brute-force lstsq of the penalized system, and a zero gradient, at the chosen alpha;
     fewer frames than features (8 < 12) goes through the dual and must agree."""
-    train = random_system(frames, force_rows=force_rows)
-    validation = random_system(30, force_rows=force_rows, seed=1)
+    folds = [random_system(frames, force_rows=force_rows, seed=s) for s in range(3)]
     coeffs = (1.0, 1.0 if force_rows else 0.0)
-    solution = solve_ridge(train, validation, *coeffs)
-    rows, targets, penalty = penalized_problem(train, 1.0, *coeffs)
+    solution = solve_ridge(folds, *coeffs)
+    rows, targets, penalty = penalized_problem(LeastSquaresData.joined(folds), 1.0, *coeffs)
     for h, alpha in enumerate(solution.alpha):
         if alpha == np.inf:  # the head with no feature weight
             assert (solution.weights[:, h] == 0).all()
@@ -101,21 +100,22 @@ def test_solution_is_the_ridge_argmin(frames, force_rows):
         assert torch.allclose(weights, brute, rtol=1e-8, atol=1e-10)
         gradient = system.T @ (system @ weights - rhs)
         assert gradient.abs().max() < 1e-10 * (system.T @ rhs).abs().max()
-    if frames > 12:  # well posed: the validation frames choose inside the grid
+    if frames > 12:  # well posed: the held-out folds choose inside the grid
         assert not solution.at_edge.any()
+    pooled = solution.fold_loss.mean(0)  # (folds of equal size)
     chosen = [list(ALPHAS).index(alpha) for alpha in solution.alpha]
-    assert (solution.selection_loss.argmin(0) == chosen).all()
+    assert (pooled.argmin(0) == chosen).all()
 
 
 def test_all_heads_at_once_equal_each_head_alone():
-    train, validation = random_system(50, force_rows=80), random_system(30, force_rows=40, seed=1)
-    together = solve_ridge(train, validation, 1.0, 0.5)
+    folds = [random_system(50, force_rows=80), random_system(30, force_rows=40, seed=1)]
+    together = solve_ridge(folds, 1.0, 0.5)
     for h in range(3):
 
         def alone(data, h=h):  # the targets of head h only
             return data.with_targets(torch.eye(3, dtype=torch.float64)[:, h : h + 1])
 
-        single = solve_ridge(alone(train), alone(validation), 1.0, 0.5)
+        single = solve_ridge([alone(fold) for fold in folds], 1.0, 0.5)
         assert single.alpha[0] == together.alpha[h]
         assert torch.allclose(single.weights[:, 0], together.weights[:, h], rtol=1e-10)
         assert torch.allclose(single.intercepts[:, 0], together.intercepts[:, h], rtol=1e-10)
@@ -134,8 +134,8 @@ def test_a_feature_at_round_off_level_is_left_out():
         return noisy
 
     train, validation = random_system(40), random_system(30, seed=1)
-    clean = solve_ridge(train, validation, 1.0, 0.0)
-    noisy = solve_ridge(with_noise_feature(train, 2), with_noise_feature(validation, 3), 1.0, 0.0)
+    clean = solve_ridge([train, validation], 1.0, 0.0)
+    noisy = solve_ridge([with_noise_feature(train, 2), with_noise_feature(validation, 3)], 1.0, 0.0)
     assert (noisy.weights[-1] == 0).all()
     assert torch.allclose(noisy.weights[:-1], clean.weights, rtol=1e-10, atol=1e-12)
 
@@ -161,22 +161,24 @@ def solved(tiny_backbone, aspirin_atoms):
     model = build(probe)
     backbone = model.model.backbones[0].model
     before = {k: v.clone() for k, v in backbone.state_dict().items()}
-    train = collect(model.model, [aspirin_frames(aspirin_atoms[:6], probe)], 4, "cpu")
-    validation = collect(model.model, [aspirin_frames(aspirin_atoms[6:8], probe)], 4, "cpu")
+    folds = collect(model.model, [aspirin_frames(aspirin_atoms[:8], probe)], 4, "cpu")
     for key, value in backbone.state_dict().items():  # bitwise frozen
         assert torch.equal(value, before[key]), key
-    return probe, model, train, validation
+    return probe, model, folds
 
 
 def test_solved_heads_minimize_the_probes_own_loss(solved, aspirin_atoms):
     """At a vanishing ridge strength, the gradient of the training loss (exact forces through
     the backbone, as gradient descent sees it) vanishes at the solved weights."""
-    probe, model, train, validation = solved
-    assert [data.num_frames for data in train[ENERGY_FIT] + train[FORCE_FIT]] == [6, 6]
-    assert float(train[FORCE_FIT][0].force_components) == 6 * 3 * 21  # every component
-    solve_heads(model.model, train, validation, 1.0, 1.0, alphas=[1e-10])
+    probe, model, folds = solved
+    # 8 frames in 5 folds of consecutive frames: 1, 2, 1, 2, 2 (frame i in fold 5 i // 8)
+    for fit in (ENERGY_FIT, FORCE_FIT):
+        assert [fold.num_frames for fold in folds[fit][0]] == [2, 2, 1, 2, 1]
+    components = [float(fold.force_components) for fold in folds[FORCE_FIT][0]]
+    assert components == [n * 3 * 21 for n in (2, 2, 1, 2, 1)]  # every component
+    solve_heads(model.model, folds, 1.0, 1.0, alphas=[1e-10])
     loss = SpectralProbeMetrics(probe, type_names=TYPE_NAMES)
-    batch = aspirin_batch(aspirin_atoms[:6], probe)
+    batch = aspirin_batch(aspirin_atoms[:8], probe)
     model.train()
 
     def gradient(weights):
@@ -195,14 +197,15 @@ def test_solved_heads_minimize_the_probes_own_loss(solved, aspirin_atoms):
 
 
 def test_same_data_gives_bitwise_the_same_heads(solved, aspirin_atoms):
-    probe, model, train, validation = solved
+    probe, model, folds = solved
     other = build(probe)
-    again = collect(other.model, [aspirin_frames(aspirin_atoms[:6], probe)], 4, "cpu")
+    again = collect(other.model, [aspirin_frames(aspirin_atoms[:8], probe)], 4, "cpu")
     for fit in model.model.fits:
-        for name in ("energy_rows", "energy_targets", "force_gram", "force_moment"):
-            assert torch.equal(getattr(again[fit][0], name), getattr(train[fit][0], name)), name
-    solve_heads(other.model, again, validation, 1.0, 1.0)
-    solve_heads(model.model, train, validation, 1.0, 1.0)
+        for fold, fold_again in zip(folds[fit][0], again[fit][0], strict=True):
+            for name in ("energy_rows", "energy_targets", "force_gram", "force_moment"):
+                assert torch.equal(getattr(fold_again, name), getattr(fold, name)), name
+    solve_heads(other.model, again, 1.0, 1.0)
+    solve_heads(model.model, folds, 1.0, 1.0)
     for a, b in zip(model.state_dict().values(), other.state_dict().values(), strict=True):
         assert torch.equal(a, b)
 
@@ -212,7 +215,7 @@ def _ddp_worker(rank, world, init_method, parts, validation, results):
         "gloo", init_method=init_method, rank=rank, world_size=world
     )
     joined = parts[rank].all_ranks()
-    solution = solve_ridge(joined, validation, 1.0, 1.0)
+    solution = solve_ridge([joined, validation], 1.0, 1.0)
     if rank == 0:
         results.put((solution.weights.numpy(), solution.intercepts.numpy()))  # not shared memory
     torch.distributed.destroy_process_group()
@@ -228,7 +231,7 @@ def test_two_ddp_processes_equal_one(tmp_path):
         joined.force_moment += part.force_moment
         joined.force_targets += part.force_targets
         joined.force_components += part.force_components
-    single = solve_ridge(joined, validation, 1.0, 1.0)
+    single = solve_ridge([joined, validation], 1.0, 1.0)
     results = mp.get_context("spawn").Queue()
     mp.start_processes(_ddp_worker, args=(2, file_rendezvous(tmp_path), parts, validation,
                        results), nprocs=2, start_method="spawn")  # fmt: skip
@@ -241,18 +244,29 @@ def test_a_head_differs_from_the_control_by_the_ridge_fit_of_its_injection(solve
     """Above the ceiling a head cannot see the injection; it must not be penalized away from
     the control's fit of the backbone's own error either (that would make rho negative). Its
     injection (l > 0) averages to zero over directions: it gets no intercept of its own."""
-    _, model, train, validation = solved
-    solve_heads(model.model, train, validation, 1.0, 1.0)
+    _, model, folds = solved
+    solve_heads(model.model, folds, 1.0, 1.0)
     heads, shifts = model.model.heads[FORCE_FIT][0], model.model.shifts[FORCE_FIT][0]
     for h, alpha in enumerate(heads.alpha[:-1].tolist()):  # every head but the control
         injected = torch.zeros(len(model.model.targets), 1, dtype=torch.float64)  # t_h - t_none
         injected[h], injected[-1] = 1.0, -1.0
-        alone = solve_ridge(train[FORCE_FIT][0].with_targets(injected),
-                            validation[FORCE_FIT][0].with_targets(injected), 1.0, 1.0,
-                            alphas=[alpha], intercept=False)  # fmt: skip
+        alone = solve_ridge([fold.with_targets(injected) for fold in folds[FORCE_FIT][0]],
+                            1.0, 1.0, alphas=[alpha], intercept=False)  # fmt: skip
         difference = heads.weights[:, h] - heads.weights[:, -1]
         assert torch.allclose(difference, alone.weights[:, 0], rtol=1e-8, atol=1e-12)
         assert torch.equal(shifts[:, h], shifts[:, -1])
+
+
+def test_the_l0_head_has_per_type_intercepts_of_its_own(tiny_backbone, aspirin_atoms):
+    """``eps s_0`` does not depend on the direction: it has a mean per atom type, which the
+    l = 0 head fits with intercepts of its own (the heads of l > 0 take the control's)."""
+    probe = {"backbones": [tiny_backbone["ckpt"]], "l_values": [0, 1], "force_spectrum": False}
+    model = build(probe).model
+    solve_heads(model, collect(model, [aspirin_frames(aspirin_atoms[:10], probe)], 5, "cpu"),
+                1.0, 1.0)  # fmt: skip
+    shifts = model.shifts[ENERGY_FIT][0]  # (types, heads: l = 0, 1, null 1, control)
+    assert (shifts[:, 0] - shifts[:, -1]).abs().max() > 1e-6
+    assert torch.equal(shifts[:, 1], shifts[:, -1])
 
 
 def test_a_failed_solve_keeps_the_pass_and_a_rerun_solves_from_it(
@@ -260,7 +274,7 @@ def test_a_failed_solve_keeps_the_pass_and_a_rerun_solves_from_it(
 ):
     """The eigendecomposition failing as MKL's did on a symmetric crystal: the collected
     normal equations are saved before the error, and a rerun solves from them (no second
-    pass) to the heads a run without the failure gets; other settings are refused."""
+    pass) to the heads a run without the failure gets; other settings or frames are refused."""
     probe = {"backbones": [tiny_backbone["ckpt"]], "l_values": [1, 5]}
     saved = tmp_path / "normal_equations.pt"
 
@@ -280,6 +294,9 @@ def test_a_failed_solve_keeps_the_pass_and_a_rerun_solves_from_it(
     other = {**probe, "l_values": [1, 4]}
     with pytest.raises(SpectralProbeError, match="other spectral_probe settings"):
         fit_closed_form(build(other).model, *splits(other), 1.0, 1.0, 4, "cpu", saved=saved)
+    fewer = [[aspirin_frames(aspirin_atoms[a:b], probe)] for a, b in ((0, 6), (6, 7))]
+    with pytest.raises(SpectralProbeError, match="settings or frames"):  # one frame less
+        fit_closed_form(model, *fewer, 1.0, 1.0, 4, "cpu", saved=saved)
 
     with monkeypatch.context() as patch:
         patch.setattr(closed_form, "collect", lambda *args: pytest.fail("collected again"))

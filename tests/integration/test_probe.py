@@ -347,10 +347,8 @@ def test_each_backbones_heads_are_solved_on_and_read_its_own_features(tiny_backb
     backbones = model.model.backbones
     perturb_backbone(backbones[1], seed=1)
     frames = aspirin_frames(ase.io.read(BUNDLED_ASPIRIN, index=":16"), probe)
-    train, validation = (
-        collect(model.model, [part], 4, "cpu") for part in (frames[:12], frames[12:])
-    )
-    solve_heads(model.model, train, validation, 1.0, 1.0, alphas=[1e-3])  # (every head reads)
+    folds = collect(model.model, [frames[:12], frames[12:]], 4, "cpu")
+    solve_heads(model.model, folds, 1.0, 1.0, alphas=[1e-3])  # (every head reads)
     for fit, (heads_0, heads_1) in model.model.heads.items():
         assert heads_0.weights.abs().sum() > 0, fit
         assert not torch.allclose(heads_0.weights, heads_1.weights), fit

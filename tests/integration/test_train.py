@@ -160,8 +160,9 @@ def test_closed_form_checkpoint_holds_the_solved_heads_only(probe_run):
     report = json.loads((run_dir / "spectral_report.json").read_text())
     assert report["solver"]["name"] == "closed_form"
     assert report["solver"]["features"] == probe.heads["e"][0].features.num_features
-    assert report["solver"]["ridge_selection"] == "leave_one_out"
-    assert "e heads: ridge strengths" in result.stdout and "leave-one-frame-out" in result.stdout
+    assert report["solver"]["ridge_folds"] == 5
+    assert "e heads: ridge strengths" in result.stdout
+    assert "5-fold cross-validation on consecutive frames" in result.stdout
     # force_directions: auto gives aspirin (21 atoms) every force component, and says so
     rows = {"setting": "auto", "atoms": [21, 21], "per_frame": [63, 63], "all_components": True}
     assert report["solver"]["force_rows"] == rows

@@ -220,23 +220,63 @@ def test_synthetic_reports_match_the_json_schema(tmp_path):
     assert report_schema_errors(no_delta)
 
 
-def test_the_table_marks_a_reading_whose_interval_reaches_into_the_null_floor():
-    """``~`` where rec's interval reaches into the floor (a small reading whose interval
-    covers it, as on the alloy's l = 5), not where the interval clears it."""
-    from nequip_spectral.report import build_report, format_table
+def recovered_report() -> dict:
+    """The report of one backbone that recovers everything at ``l = 4, 5``, both kinds."""
+    from nequip_spectral.report import build_report
 
     recovered, control, _ = synthetic(lambda t, c, e, g: t)
     per_l = np.stack([recovered, recovered], 1)
     head = np.stack([per_l, per_l], 1)[None]
-    report = build_report(as_frames(head, np.stack([control, control], 1)[None], (4, 5)))
+    return build_report(as_frames(head, np.stack([control, control], 1)[None], (4, 5)))
+
+
+def marks(report, mark) -> dict:
+    """``{"4": True, "5": False}``: which rows of the printed table carry ``mark``."""
+    from nequip_spectral.report import format_table
+
+    return {line.split()[0]: mark in line for line in format_table(report).splitlines()[2:4]}
+
+
+def test_the_table_marks_a_reading_whose_interval_reaches_into_the_null_floor():
+    """``~`` where rec's interval reaches into the floor (a small reading whose interval
+    covers it, as on the alloy's l = 5), not where the interval clears it."""
+    report = recovered_report()
     report["null_floor"] = {"rho_recovered_forces": [-0.006, 0.004]}
     rows = report["per_l"]
     rows["4"].update(rho_recovered_forces=0.8, rho_recovered_forces_ci95=[0.7, 0.9])
     rows["5"].update(rho_recovered_forces=0.005, rho_recovered_forces_ci95=[-0.001, 0.012])
 
-    def marks(table):
-        return {line.split()[0]: "~" in line for line in table.splitlines()[2:4]}
-
-    assert marks(format_table(report)) == {"4": False, "5": True}
+    assert marks(report, "~") == {"4": False, "5": True}
     rows["5"]["rho_recovered_forces_ci95"] = [0.0045, 0.006]  # clears the floor
-    assert marks(format_table(report)) == {"4": False, "5": False}
+    assert marks(report, "~") == {"4": False, "5": False}
+
+
+def test_the_table_marks_a_reading_wholly_below_the_null_floor_and_says_why():
+    """``!`` (and the line that explains it) where rec's whole interval lies below the floor's
+    lower end (the heads fitted what the test frames do not share, as on the alloy's l = 5
+    before folds of consecutive frames), not where it reaches into the floor."""
+    report = recovered_report()
+    report["null_floor"] = {"rho_recovered_forces": [-0.006, 0.004]}
+    rows = report["per_l"]
+    rows["4"].update(rho_recovered_forces=-0.109, rho_recovered_forces_ci95=[-0.206, -0.028])
+    rows["5"].update(rho_recovered_forces=-0.004, rho_recovered_forces_ci95=[-0.007, -0.001])
+    assert marks(report, "!") == {"4": True, "5": False}
+    assert marks(report, "~") == {"4": False, "5": True}
+    from nequip_spectral.report import format_table
+
+    assert "! rec's interval lies below the null floor" in format_table(report)
+    rows["4"]["rho_recovered_forces_ci95"] = [-0.206, -0.006]  # touches the floor's lower end
+    assert marks(report, "!") == {"4": False, "5": False}
+
+
+def test_the_table_stars_a_reading_whose_chance_part_outweighs_its_recovered_part():
+    """``*`` where rho's chance part is larger in magnitude than its recovered part, of either
+    sign: a negative chance part of -0.5 against 0.2 recovered is marked, a chance part of
+    0.1 against -0.3 recovered is not."""
+    report = recovered_report()
+    rows = report["per_l"]
+    assert marks(report, "*") == {"4": False, "5": False}  # all recovered, no chance part
+    for kind in ("forces", "energy"):
+        rows["4"].update({f"rho_chance_{kind}": -0.5, f"rho_recovered_{kind}": 0.2})
+        rows["5"].update({f"rho_chance_{kind}": 0.1, f"rho_recovered_{kind}": -0.3})
+    assert marks(report, "*") == {"4": True, "5": False}

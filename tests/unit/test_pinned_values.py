@@ -1,14 +1,15 @@
 """A tiny closed-form run's spectrum, pinned: later changes to these numbers are made on purpose.
 
 The run is deterministic on any machine: an untrained NequIP backbone built in-process from a
-seed (no ``nequip-train``, whose training differs between devices), float64, the first 24
-bundled aspirin frames (12 training, 4 validation, 8 test), both spectra, exact force rows, and
+seed (no ``nequip-train``, whose training differs between devices), float64, the first 48
+bundled aspirin frames (30 training, 10 validation, 8 test), both spectra, exact force rows, and
 the report's own per-frame sums, ``target: injected`` (the untrained backbone's error stays
 out). The numbers below were printed by ``tiny_spectrum()``; a change that moves them by more
 than the tolerance must update them and say why in its commit. The tolerance, 1e-6 relative,
 is what another set of library builds moves them by (3e-8 at the energy's l = 4 in a fresh
-environment on 2026-12-03: its leave-one-out solve on 16 frames is ill-conditioned), far below
-what any change of method does.
+environment on 2026-12-03, with an ill-conditioned solve on 16 frames), far below what any
+change of method does. (Re-pinned 2026-12-07 for strengths chosen on folds of consecutive
+frames; on 8-frame folds the energy heads at l = 4, 5 take no feature weight.)
 """
 
 import ase.io
@@ -27,11 +28,11 @@ from nequip_spectral.targets import KINDS
 from nequip_spectral.theory.metrics import spectrum
 
 PROBE = {"backbones": ["in-process"], "l_values": [1, 4, 5], "target": "injected", "seed": 0}
-PINNED = {  # kind: rho and R2_inj at l = 1, 4, 5 (the energy heads: 16 frames, left out one by one)
-    "forces": {"rho": [0.4499860295070216, 0.08480043644545207, -0.018987522187301906],
-               "R2_inj": [0.4499860295070216, 0.0848004364454521, -0.01898752218730193]},
-    "energy": {"rho": [0.6645593249421133, 0.8911155142100805, 0.0],
-               "R2_inj": [0.6635750763707251, 0.877669530411837, -0.0828783374724491]},
+PINNED = {  # kind: rho and R2_inj at l = 1, 4, 5 (40 fitting frames in 5 folds of 8)
+    "forces": {"rho": [0.5300253747413673, 0.056811856909856066, 0.0],
+               "R2_inj": [0.5300253747413672, 0.05681185690985602, 0.0]},
+    "energy": {"rho": [0.9905979996488214, 0.0, 0.0],
+               "R2_inj": [0.9900875651328012, -0.000219079623515972, -0.0012203836078830133]},
 }  # fmt: skip
 
 
@@ -45,10 +46,9 @@ def tiny_spectrum() -> dict:
         per_type_energy_scales={s: 1.0 for s in TYPE_NAMES},
     )  # fmt: skip
     model = SpectralProbeModel([freeze_and_tap(backbone)], PROBE, TYPE_NAMES)
-    frames = aspirin_frames(ase.io.read(BUNDLED_ASPIRIN, index=":24"), PROBE)
-    train, validation = (collect(model, [part], 4, "cpu") for part in (frames[:12], frames[12:16]))
-    solve_heads(model, train, validation, 1.0, 1.0)
-    test = AtomicDataDict.batched_from_list(frames[16:])
+    frames = aspirin_frames(ase.io.read(BUNDLED_ASPIRIN, index=":48"), PROBE)
+    solve_heads(model, collect(model, [frames[:30], frames[30:40]], 4, "cpu"), 1.0, 1.0)
+    test = AtomicDataDict.batched_from_list(frames[40:])
     outputs = model(test)  # (the force heads' forces need grad)
     with torch.no_grad():
         head, control = batch_frame_sums(

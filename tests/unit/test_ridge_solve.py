@@ -43,7 +43,7 @@ def test_features_zero_in_every_row_are_removed(frames, force_rows, monkeypatch)
     matrix, it never reaches the eigendecomposition (catches zeroing its row and column instead
     of removing it: an exactly repeated zero eigenvalue, on which MKL's ``eigh`` can fail)."""
     train, validation, *coeffs = splits(frames, force_rows)
-    reduced = solve_ridge(train, validation, *coeffs)
+    reduced = solve_ridge([train, validation], *coeffs)
     decomposed, eigh = [], torch.linalg.eigh
 
     def spy(matrix):
@@ -51,8 +51,8 @@ def test_features_zero_in_every_row_are_removed(frames, force_rows, monkeypatch)
         return eigh(matrix)
 
     monkeypatch.setattr(ridge.torch.linalg, "eigh", spy)
-    full = solve_ridge(with_zero_features(train), with_zero_features(validation), *coeffs)
-    assert len(decomposed) == 1 and (decomposed[0].diagonal() > 0).all()
+    full = solve_ridge([with_zero_features(train), with_zero_features(validation)], *coeffs)
+    assert decomposed and all((matrix.diagonal() > 0).all() for matrix in decomposed)
     assert (full.weights[ZEROS] == 0).all()
     assert_same(dataclasses.replace(full, weights=full.weights[LIVE]), reduced)
 
@@ -62,10 +62,10 @@ def test_falls_back_where_torch_eigh_fails_to_converge(frames, force_rows, monke
     """Where ``torch.linalg.eigh`` raises, the solution is the same from the fallback (catches
     no fallback, and one that returns anything but the eigenvalues and eigenvectors)."""
     train, validation, *coeffs = splits(frames, force_rows)
-    expected = solve_ridge(train, validation, *coeffs)
+    expected = solve_ridge([train, validation], *coeffs)
 
     def fails(matrix):
         raise torch.linalg.LinAlgError("linalg.eigh: The algorithm failed to converge")
 
     monkeypatch.setattr(ridge.torch.linalg, "eigh", fails)
-    assert_same(solve_ridge(train, validation, *coeffs), expected)
+    assert_same(solve_ridge([train, validation], *coeffs), expected)
