@@ -8,6 +8,7 @@ so a bad value gives the same error wherever it is read, before any training sta
 import dataclasses
 import math
 import os
+import warnings
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -31,6 +32,10 @@ _SOLVERS = ("closed_form", "sgd")
 # atom-directions (every component up to 32 atoms: 96 x 32), and never fewer than 8 directions
 AUTO_ATOM_DIRECTIONS = 3072
 AUTO_MIN_DIRECTIONS = 8
+RETIRED = {  # options of earlier versions: ignored with a warning
+    "ridge_selection": "each ridge strength is chosen on folds of consecutive frames "
+    "(ridge_folds)",
+}
 
 
 def _fail(key: str, message: str):
@@ -191,11 +196,15 @@ class SpectralProbeConfig:
             )
         known = [field.name for field in dataclasses.fields(cls)]
         for key in block:
-            if key not in known:
+            if key in RETIRED:  # an earlier version's option (its runs still rebuild)
+                warnings.warn(f"spectral_probe.{key} is no longer used: {RETIRED[key]}",
+                              stacklevel=2)  # fmt: skip
+            elif key not in known:
                 _fail(key, f"unknown option; valid options are {known}")
         values = {
             key: tuple(value) if isinstance(value, (list, tuple)) else value
             for key, value in block.items()
+            if key not in RETIRED
         }
         return cls(**values)
 

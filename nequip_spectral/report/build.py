@@ -114,6 +114,8 @@ def build_report(
             for b, path in enumerate(probe.backbones)
         ],
     }
+    if with_null:
+        report["floor_check"] = _floor_check(report, kinds)
 
     above = boundary + 1
     if boundary not in probe.l_values or above not in probe.l_values:
@@ -163,6 +165,22 @@ def build_report(
     report["cliff"].update(_ratio_interval(replicates["rho_a"][:, 0], replicates["rho_b"][:, 0]))
     return report
 
+
+
+def _floor_check(report: dict, kinds) -> dict:
+    """The readings above the ceiling, which by the span theorem have nothing to recover: per
+    kind, how many there are and how many ``rec`` values lie below and above the null floor
+    (a second sample of the null: about 5% should lie outside)."""
+    check = {}
+    for kind in kinds:
+        low, high = report["null_floor"][f"rho_recovered_{kind}"]
+        values = [row[f"rho_recovered_{kind}"] for l, row in report["per_l"].items()
+                  if int(l) > report["boundary"] and row[f"rho_recovered_{kind}"] is not None]
+        check[kind] = {"readings": len(values)}  # fmt: skip
+        if low is not None:
+            check[kind]["below"] = sum(value < low for value in values)
+            check[kind]["above"] = sum(value > high for value in values)
+    return check
 
 
 def _ratio_interval(rho_a: np.ndarray, rho_b: np.ndarray) -> dict:

@@ -46,11 +46,19 @@ def batch_frame_ids(data: AtomicDataDict.Type) -> torch.Tensor:
     )
 
 
-def frame_source(dataset, index: int) -> tuple[str, int]:
-    """``(file, index in the file)`` of a dataset's frame, through any ``Subset`` s."""
+def frame_origin(dataset, index: int) -> tuple:
+    """``(dataset, index)`` of a dataset's frame in the dataset under any ``Subset`` s."""
     while hasattr(dataset, "indices") and hasattr(dataset, "dataset"):
         dataset, index = dataset.dataset, int(dataset.indices[index])
-    return str(getattr(dataset, "file_path", "")), index
+    return dataset, index
+
+
+def frame_source(dataset, index: int) -> tuple[str, int]:
+    """``(file, index in the file)`` of a dataset's frame, through any ``Subset`` s (``""``
+    for a dataset read from no file NequIP names: ``file_path``, or HDF5's ``file_name``)."""
+    dataset, index = frame_origin(dataset, index)
+    file = getattr(dataset, "file_path", None) or getattr(dataset, "file_name", "")
+    return str(file), index
 
 
 @dataclasses.dataclass

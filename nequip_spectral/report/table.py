@@ -81,6 +81,12 @@ def format_table(report: dict) -> str:
             f"{interval(floor.get('rho_recovered_forces'))}, rec_E "
             f"{interval(floor.get('rho_recovered_energy'))}"
         )
+        checks = [f"rec_{kind[0].upper()} {check['below'] + check['above']} of "
+                  f"{check['readings']}" for kind, check in report.get("floor_check", {}).items()
+                  if "below" in check]  # fmt: skip
+        if checks:
+            lines.append("above the ceiling (nothing to recover, by the span theorem), outside "
+                         f"the null floor: {', '.join(checks)}")  # fmt: skip
     lines += [note for mark, note in FLOOR_NOTES.items() if mark in floor_marks]
     if chance_marked:
         lines.append(

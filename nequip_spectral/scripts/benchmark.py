@@ -196,9 +196,11 @@ def _closed_form(l_values, force_spectrum, directions, batches, warmup, threads,
     batches = [_to(batch, device) for batch in batches]
     num_folds = model.probe.ridge_folds
     systems = {fit: [[_empty(model, fit) for _ in range(num_folds)]] for fit in model.fits}
-    frames, seconds = 0, 0.0
-    for i, batch in enumerate(batches):
-        folds = torch.arange(len(batch["num_atoms"]), device=device) % num_folds
+    frames, seconds, dealt = 0, 0.0, 0
+    for i, batch in enumerate(batches):  # frames dealt to the folds in turn
+        size = len(batch["num_atoms"])
+        folds = (dealt + torch.arange(size, device=device)) % num_folds
+        dealt += size
         begin = clock()
         add_least_squares(model, batch, systems, folds)
         if i >= warmup:
@@ -226,7 +228,8 @@ def _empty(model, fit):
 
     heads = model.heads[fit][0]
     return LeastSquaresData.empty(
-        heads.features.num_features, model.shifts[fit].shape[1], heads.num_heads
+        heads.features.num_features, model.shifts[fit].shape[1], heads.num_heads,
+        with_forces=fit == "f",
     )
 
 

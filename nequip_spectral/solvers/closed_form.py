@@ -14,6 +14,7 @@ the control head (:func:`solve_heads`); the solutions are loaded into the heads.
 """
 
 import dataclasses
+import math
 import time
 from pathlib import Path
 
@@ -21,11 +22,11 @@ import torch
 from nequip.data import AtomicDataDict
 
 from .._distributed import rank_and_world
-from .._keys import ENERGY_FIT, FORCE_FIT, Null
+from .._keys import ENERGY_FIT, FORCE_FIT, Null, head_name
 from ..config import SpectralProbeError
 from ..data.injection import frame_digest
 from ..nn.probe import backbone_predictions, feature_derivatives
-from ..report.frames import frame_source
+from ..report.frames import frame_origin
 from ..targets import head_target
 from ..theory.ridge import ALPHAS, LeastSquaresData, sketch_directions, solve_ridge
 
@@ -70,6 +71,8 @@ def add_least_squares(probe_model, data, systems, folds: torch.Tensor) -> None:
         for fit in probe_model.fits:
             for fold, part in enumerate(systems[fit][b]):
                 mine = folds == fold
+                if not mine.any():
+                    continue
                 part.add_energies(rows[mine], counts[mine] / num_atoms[mine],
                                   energy_targets[mine])  # fmt: skip
         if not probe_model.with_forces:
@@ -91,6 +94,8 @@ def add_least_squares(probe_model, data, systems, folds: torch.Tensor) -> None:
         row_folds = folds.repeat(len(tangents))
         for fold, part in enumerate(systems[FORCE_FIT][b]):
             mine = row_folds == fold
+            if not mine.any():
+                continue
             atoms = num_atoms[folds == fold].sum()
             part.add_forces(rows[mine], along[mine], components=int(3 * atoms))
 
@@ -113,18 +118,19 @@ def force_sketch(batch, probe) -> torch.Tensor:
 
 
 def fold_of_frames(datasets, num_folds: int) -> list[torch.Tensor]:
-    """Each frame's fold, per dataset: the frames of all ``datasets`` in trajectory order
-    (file, then index in it; :func:`~nequip_spectral.report.frames.frame_source`; frames of
-    no known file in the order given) cut into ``num_folds`` blocks of consecutive frames."""
-    def place(d, i):  # a frame of no known file: in the order given
-        file, index = frame_source(datasets[d], i)
-        return (file, index) if file else ("", d, i)
-
-    frames = sorted((place(d, i), d, i) for d, dataset in enumerate(datasets)
-                    for i in range(len(dataset)))  # fmt: skip
+    """Each frame's fold, per dataset. The frames of all ``datasets`` are grouped by the
+    trajectory they come from (the dataset under the ``Subset`` s, e.g. one file), put in
+    its order, and each trajectory is cut into ``num_folds`` blocks of consecutive frames:
+    fold ``k`` holds the ``k``-th stretch of every trajectory."""
+    trajectories = {}  # the dataset under the Subsets -> [(index in it, d, i)]
+    for d, dataset in enumerate(datasets):
+        for i in range(len(dataset)):
+            base, index = frame_origin(dataset, i)
+            trajectories.setdefault(id(base), []).append((index, d, i))
     folds = [torch.zeros(len(dataset), dtype=torch.int64) for dataset in datasets]
-    for position, (_, d, i) in enumerate(frames):
-        folds[d][i] = position * num_folds // len(frames)
+    for frames in trajectories.values():
+        for position, (_, d, i) in enumerate(sorted(frames)):
+            folds[d][i] = position * num_folds // len(frames)
     return folds
 
 
@@ -151,7 +157,7 @@ def collect(probe_model, datasets, batch_size: int, device) -> dict:
             [
                 LeastSquaresData.empty(
                     heads.features.num_features, probe_model.shifts[fit].shape[1],
-                    heads.num_heads,
+                    heads.num_heads, with_forces=fit == FORCE_FIT,
                 )
                 for _ in range(num_folds)
             ]
@@ -175,7 +181,8 @@ def solve_heads(probe_model, folds, energy_coeff, forces_coeff, alphas=ALPHAS):
         alphas: the grid of ridge strengths
 
     Returns:
-        ``{"e": [{"alpha": [...], "at_edge": [...]} of each backbone], "f": ...}``
+        ``{"e": [{"alpha": [...], "at_edge": [...], "folds_helped": [...]} of each
+        backbone], "f": ...}``
     """
     weights = {ENERGY_FIT: (1.0, 0.0), FORCE_FIT: (energy_coeff, forces_coeff)}
     # the control head (last) fits the common target; every other head its own target minus
@@ -194,7 +201,7 @@ def solve_heads(probe_model, folds, energy_coeff, forces_coeff, alphas=ALPHAS):
     for fit in probe_model.fits:
         chosen[fit] = []
         for b, heads in enumerate(probe_model.heads[fit]):
-            solution = {}  # weights, intercepts, alpha, at_edge: (..., heads)
+            solution = {}  # weights, intercepts, alpha, at_edge, folds_helped: (..., heads)
             for group in (intercept, ~intercept):  # two designs: with and without intercepts
                 if group.any():
                     part = solve_ridge(
@@ -203,7 +210,7 @@ def solve_heads(probe_model, folds, energy_coeff, forces_coeff, alphas=ALPHAS):
                         alphas,
                         intercept=bool(intercept[group][0]),
                     )
-                    for name in ("weights", "intercepts", "alpha", "at_edge"):
+                    for name in ("weights", "intercepts", "alpha", "at_edge", "folds_helped"):
                         value = torch.as_tensor(getattr(part, name))
                         whole = solution.setdefault(name, value.new_zeros(*value.shape[:-1],
                                                                           num_heads))  # fmt: skip
@@ -212,9 +219,8 @@ def solve_heads(probe_model, folds, energy_coeff, forces_coeff, alphas=ALPHAS):
                 heads.weights.copy_(solution["weights"] @ add_control)
                 heads.alpha.copy_(solution["alpha"])
                 probe_model.shifts[fit][b] = solution["intercepts"] @ add_control
-            chosen[fit].append(
-                {"alpha": solution["alpha"].tolist(), "at_edge": solution["at_edge"].tolist()}
-            )
+            chosen[fit].append({name: solution[name].tolist()
+                                for name in ("alpha", "at_edge", "folds_helped")})  # fmt: skip
     return chosen
 
 
@@ -230,6 +236,11 @@ def fit_closed_form(probe_model, train_datasets, val_datasets, energy_coeff, for
     """
     start = time.perf_counter()
     datasets = [*train_datasets, *val_datasets]
+    if sum(len(d) for d in datasets) < 2:
+        raise SpectralProbeError(
+            "spectral_probe.ridge_folds: the closed form chooses each ridge strength on folds "
+            "of the training and validation frames, and needs at least 2 of them"
+        )
     key = _collection_key(probe_model, train_datasets, val_datasets)
     if saved is not None and saved.exists():
         stored = torch.load(saved, weights_only=False)
@@ -260,7 +271,7 @@ def fit_closed_form(probe_model, train_datasets, val_datasets, energy_coeff, for
         "heads": chosen,
         "train_frames": sum(len(d) for d in train_datasets),
         "val_frames": sum(len(d) for d in val_datasets),
-        "folds": probe_model.probe.ridge_folds,
+        "folds": sum(fold.num_frames > 0 for fold in folds[ENERGY_FIT][0]),  # not empty
         "seconds_collect": collected - start,
         "seconds_solve": time.perf_counter() - collected,
     }
@@ -283,11 +294,17 @@ def describe_solution(result: dict, probe_model) -> str:
         f"{result['val_frames']} validation frames collected in {result['seconds_collect']:.1f}"
         f" s, solved in {result['seconds_solve']:.1f} s"
     ]
-    how = f"{result['folds']}-fold cross-validation on consecutive frames"
+    folds = result["folds"]
     for fit, per_backbone in result["heads"].items():
         for b, chosen in enumerate(per_backbone):
             alphas = " ".join(f"{a:.0e}" for a in chosen["alpha"])
             edge = " (some at the grid's edge)" if any(chosen["at_edge"]) else ""
-            lines.append(f"  backbone {b}, {fit} heads: ridge strengths {alphas}{edge}, "
-                         f"chosen by {how}")  # fmt: skip
+            lines.append(f"  backbone {b}, {fit} heads: ridge strengths {alphas}{edge}, chosen "
+                         f"by {folds}-fold cross-validation on consecutive frames")  # fmt: skip
+            almost = [head_name(l, fit) for l, alpha, helped in zip(
+                probe_model.targets, chosen["alpha"], chosen["folds_helped"], strict=True)
+                if math.isinf(alpha) and helped == folds - 1]  # fmt: skip
+            if almost:
+                lines.append(f"    no feature weight (reads 0), though it helped on {folds - 1} "
+                             f"of {folds} folds: {' '.join(almost)}")  # fmt: skip
     return "\n".join(lines)

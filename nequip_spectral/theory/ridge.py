@@ -41,7 +41,7 @@ DROPPED_BELOW = 1e-13  # a feature whose diagonal is below this fraction of the 
 
 @dataclasses.dataclass
 class LeastSquaresData:
-    """What one split contributes to the loss of ``num_heads`` linear heads (float64).
+    """What one fold of frames contributes to the loss of ``num_heads`` linear heads (float64).
 
     Attributes:
         energy_rows: ``(frames, K)`` per-atom features :math:`\\Phi / N`
@@ -62,14 +62,17 @@ class LeastSquaresData:
     force_components: torch.Tensor
 
     @classmethod
-    def empty(cls, num_features: int, num_types: int, num_heads: int) -> "LeastSquaresData":
+    def empty(cls, num_features: int, num_types: int, num_heads: int,
+              with_forces: bool = True) -> "LeastSquaresData":  # fmt: skip
+        """No rows yet; ``with_forces=False``: energy rows only (no ``K x K`` force sums)."""
         zeros = torch.zeros
+        force_features = num_features if with_forces else 0
         return cls(
             zeros(0, num_features, dtype=torch.float64),
             zeros(0, num_types, dtype=torch.float64),
             zeros(0, num_heads, dtype=torch.float64),
-            zeros(num_features, num_features, dtype=torch.float64),
-            zeros(num_features, num_heads, dtype=torch.float64),
+            zeros(force_features, force_features, dtype=torch.float64),
+            zeros(force_features, num_heads, dtype=torch.float64),
             zeros(num_heads, num_heads, dtype=torch.float64),
             zeros((), dtype=torch.float64),
         )
@@ -147,7 +150,11 @@ class RidgeSolution:
         alpha: ``(heads,)`` the chosen ridge strengths
         at_edge: ``(heads,)`` whether a chosen strength is the grid's first or last finite
             one (an infinite last strength is a real choice: no feature weight)
-        fold_loss: ``(folds, alphas, heads)`` each held-out fold's loss, that chose
+        fold_loss: ``(folds, alphas, heads)`` the loss on each held-out (non-empty) fold of
+            the heads fitted on the others, which chose the strengths
+        folds_helped: ``(heads,)`` on how many folds the strength of lowest pooled held-out
+            loss beat the grid's last one (the infinite one by default; 0 when the lowest is
+            the last itself); a head keeps feature weight only when on all
     """
 
     weights: torch.Tensor
@@ -155,6 +162,7 @@ class RidgeSolution:
     alpha: np.ndarray
     at_edge: np.ndarray
     fold_loss: np.ndarray
+    folds_helped: np.ndarray
 
 
 def _loss(data, weights, intercepts, energy_coeff, forces_coeff) -> torch.Tensor:
@@ -186,7 +194,7 @@ def ridge_path(data: LeastSquaresData, energy_coeff: float, forces_coeff: float,
     any strength, from one eigendecomposition (module doc)."""
     use_forces = bool(forces_coeff) and float(data.force_components) > 0
     if not energy_coeff and not use_forces:
-        raise ValueError("solve_ridge: nothing to fit (no energy weight and no force rows)")
+        raise ValueError("ridge_path: nothing to fit (no energy weight and no force rows)")
     # the intercept fits energies only; partial it out of the energy rows (Frisch-Waugh)
     types = data.energy_types if intercept else data.energy_types[:, :0]
     projector = torch.linalg.pinv(types)  # targets -> least-squares intercepts
@@ -194,12 +202,16 @@ def ridge_path(data: LeastSquaresData, energy_coeff: float, forces_coeff: float,
     targets = data.energy_targets - types @ (projector @ data.energy_targets)
     energy_weight = energy_coeff / max(data.num_frames, 1)
     force_weight = forces_coeff / float(data.force_components) if use_forces else 0.0
-    diagonal = energy_weight * rows.square().sum(0) + force_weight * data.force_gram.diagonal()
+    diagonal = energy_weight * rows.square().sum(0)
+    if use_forces:
+        diagonal = diagonal + force_weight * data.force_gram.diagonal()
     # a feature at round-off level (one that symmetry makes zero, say) is left out: scaled to
     # a unit diagonal it would be pure noise with the weight of a real feature
     kept = diagonal > DROPPED_BELOW * diagonal.max()
     inverse_scale = diagonal[kept].rsqrt()
-    moment = energy_weight * rows.T @ targets + force_weight * data.force_moment
+    moment = energy_weight * rows.T @ targets
+    if use_forces:
+        moment = moment + force_weight * data.force_moment
     moment = moment[kept] * inverse_scale[:, None]
 
     scaled = rows[:, kept] * (energy_weight**0.5 * inverse_scale)  # the unit-diagonal problem
@@ -209,9 +221,11 @@ def ridge_path(data: LeastSquaresData, energy_coeff: float, forces_coeff: float,
         eigenvalues = eigenvalues[keep]
         basis = scaled.T @ eigenvectors[:, keep] / eigenvalues.sqrt()  # the same eigenvectors
     else:
-        gram = scaled.T @ scaled + force_weight * data.force_gram[kept][:, kept] * torch.outer(
-            inverse_scale, inverse_scale
-        )
+        gram = scaled.T @ scaled
+        if use_forces:
+            gram = gram + force_weight * data.force_gram[kept][:, kept] * torch.outer(
+                inverse_scale, inverse_scale
+            )
         eigenvalues, basis = _symmetric_eigh(gram)
     projected = basis.T @ moment  # (modes, heads)
 
@@ -264,9 +278,9 @@ def solve_ridge(
     frames = np.array([fold.num_frames for fold in folds], dtype=float)
     pooled = np.tensordot(frames / frames.sum(), fold_loss, axes=1)  # (alphas, heads)
     best = pooled.argmin(0)
+    helped = (fold_loss[:, best, np.arange(len(best))] < fold_loss[:, -1]).sum(0)
     if np.isinf(alphas[-1]):  # feature weight must beat none on every fold
-        helps = (fold_loss[:, best, np.arange(len(best))] < fold_loss[:, -1]).all(0)
-        best = np.where(helps, best, len(alphas) - 1)
+        best = np.where(helped == len(folds), best, len(alphas) - 1)
     solution = ridge_path(LeastSquaresData.joined(folds), energy_coeff, forces_coeff, intercept)
     solved = {i: solution(alphas[i]) for i in set(best.tolist())}  # once per chosen strength
     return RidgeSolution(
@@ -275,4 +289,5 @@ def solve_ridge(
         alpha=np.asarray(alphas)[best],
         at_edge=(best == 0) | ((best == len(alphas) - 1) & np.isfinite(alphas[-1])),
         fold_loss=fold_loss,
+        folds_helped=helped,
     )

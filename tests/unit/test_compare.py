@@ -62,10 +62,12 @@ def test_compare_reads_rec_against_each_runs_null_floor(tmp_path, capsys):
     report_file = run / "spectral_report.json"
     report = json.loads(report_file.read_text())
     report["null_floor"] = {"rho_recovered_forces": [0.2, 0.5]}  # l = 3 reads 0, below it
+    report["per_l"]["2"]["rho_recovered_forces_ci95"] = [0.4, 1.0]  # l = 2 reaches into it
     report_file.write_text(json.dumps(report))
     compare.main([str(run), "--labels", "a", "--output", str(tmp_path / "compared")])
     table = capsys.readouterr().out
     rows = {line.split()[0]: line for line in table.splitlines()[2:5]}
     assert "0.000!" in rows["3"] and "!" not in rows["1"] + rows["2"]
+    assert "1.000~" in rows["2"] and "~" not in rows["1"] + rows["3"]
     assert "null floor of a: rec_F [0.200, 0.500]" in table
     assert "! rec's interval lies below the null floor" in table

@@ -126,3 +126,11 @@ def test_auto_force_rows_are_every_component_for_small_frames_and_bounded_beyond
     every = SpectralProbeConfig.from_block({"force_directions": "all"})
     sketch = SpectralProbeConfig.from_block({"force_directions": 16})
     assert (every.force_rows(200), sketch.force_rows(200), sketch.force_rows(4)) == (600, 16, 12)
+
+
+def test_a_retired_option_is_ignored_with_a_warning():
+    """``ridge_selection`` (replaced by ``ridge_folds``) in an earlier run's block: a warning
+    that says what replaced it, and the block parses (so that run's report rebuilds)."""
+    with pytest.warns(UserWarning, match=r"ridge_selection is no longer used.*ridge_folds"):
+        probe = SpectralProbeConfig.from_block({"ridge_selection": "leave_one_out"})
+    assert probe.ridge_folds == 5

@@ -2,14 +2,15 @@
 
 The run is deterministic on any machine: an untrained NequIP backbone built in-process from a
 seed (no ``nequip-train``, whose training differs between devices), float64, the first 48
-bundled aspirin frames (30 training, 10 validation, 8 test), both spectra, exact force rows, and
-the report's own per-frame sums, ``target: injected`` (the untrained backbone's error stays
-out). The numbers below were printed by ``tiny_spectrum()``; a change that moves them by more
-than the tolerance must update them and say why in its commit. The tolerance, 1e-6 relative,
-is what another set of library builds moves them by (3e-8 at the energy's l = 4 in a fresh
-environment on 2026-12-03, with an ill-conditioned solve on 16 frames), far below what any
-change of method does. (Re-pinned 2026-12-07 for strengths chosen on folds of consecutive
-frames; on 8-frame folds the energy heads at l = 4, 5 take no feature weight.)
+bundled aspirin frames (40 fitting in 5 folds of 8 consecutive ones, 8 test), both spectra,
+exact force rows, and the report's own per-frame sums, ``target: injected`` (the untrained
+backbone's error stays out). The numbers below were printed by ``tiny_spectrum()``; a change
+that moves them by more than the tolerance must update them and say why in its commit. The
+tolerance, 1e-6 relative, is what another set of library builds moves them by (3e-8 at the
+energy's l = 4 in a fresh environment on 2026-12-03, with an ill-conditioned solve on 16
+frames), far below what any change of method does. (Re-pinned 2026-12-07 for strengths chosen on
+folds of consecutive frames; on 8-frame folds the energy heads at l = 4, 5 take no feature
+weight.)
 """
 
 import ase.io
@@ -47,7 +48,7 @@ def tiny_spectrum() -> dict:
     )  # fmt: skip
     model = SpectralProbeModel([freeze_and_tap(backbone)], PROBE, TYPE_NAMES)
     frames = aspirin_frames(ase.io.read(BUNDLED_ASPIRIN, index=":48"), PROBE)
-    solve_heads(model, collect(model, [frames[:30], frames[30:40]], 4, "cpu"), 1.0, 1.0)
+    solve_heads(model, collect(model, [frames[:40]], 4, "cpu"), 1.0, 1.0)  # one trajectory
     test = AtomicDataDict.batched_from_list(frames[40:])
     outputs = model(test)  # (the force heads' forces need grad)
     with torch.no_grad():

@@ -1,5 +1,5 @@
-"""The report built from per-frame sums whose readings are known: the null floor, the ceiling
-``d_r L`` and the cliff's interval."""
+"""The report built from per-frame sums whose readings are known: the null floor and its check
+above the ceiling, the ceiling ``d_r L`` and the cliff's interval."""
 
 import numpy as np
 import pytest
@@ -30,6 +30,25 @@ def test_the_null_floor_is_made_from_the_null_heads_rho_recovered():
     for other in (null_floor(null_rho.mean(0)), null_floor(recovered.mean(0))):
         assert floor["rho_recovered_forces"] != pytest.approx(other, rel=1e-3)
     assert report["per_l"]["4"]["null_rho_recovered_forces"] == pytest.approx(0.02)
+
+
+def test_the_floor_check_counts_the_readings_above_the_ceiling_outside_the_floor():
+    """Above the ceiling (l = 5, 6, 7 for d_r L = 4) there is nothing to recover: the report
+    counts their rec values below and above the null floor (here one of each), and none of
+    the readings at or below the ceiling; the table prints the count."""
+    from nequip_spectral.report import format_table
+
+    l_values = (1, 2, 3, 4, 5, 6, 7)
+    real = [0.9, 0.8, -0.5, 0.6, -0.3, 0.0, 0.4]  # l = 3 below the floor: not counted
+    nulls = [0.01, -0.02, 0.0, 0.03, -0.01, 0.02, 0.0]
+    recovered = np.array([real + nulls])
+    rho = recovered + 1.0  # rho itself is not what the check reads
+    report = build_report(as_frames(*known_readings(rho, recovered), l_values,
+                                    ("forces",)))  # fmt: skip
+    low, high = report["null_floor"]["rho_recovered_forces"]
+    assert low > -0.3 and high < 0.4  # l = 5 below it, l = 7 above it, l = 6 inside
+    assert report["floor_check"] == {"forces": {"readings": 3, "below": 1, "above": 1}}
+    assert "outside the null floor: rec_F 2 of 3" in format_table(report)
 
 
 @pytest.mark.parametrize("L, degree", [(3, 2), (1, 3)])

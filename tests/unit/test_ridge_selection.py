@@ -1,11 +1,14 @@
 """Each head's ridge strength chosen by cross-validation over folds of consecutive frames."""
 
+from types import SimpleNamespace
+
 import numpy as np
 import pytest
 import torch
 from helpers import random_system
 
-from nequip_spectral.solvers.closed_form import fold_of_frames
+from nequip_spectral._keys import Null
+from nequip_spectral.solvers.closed_form import describe_solution, fold_of_frames
 from nequip_spectral.theory.ridge import (
     ALPHAS,
     LeastSquaresData,
@@ -60,7 +63,11 @@ def test_cross_validation_reaches_the_best_strength():
         truth = torch.randn(40, 2, generator=generator, dtype=torch.float64)
         folds = [noisy_linear_frames(400, truth, noise, generator) for _ in range(5)]
         fresh = noisy_linear_frames(20_000, truth, noise, generator)
-        chosen = solve_ridge(folds, 1.0, 0.0).fold_loss.mean(0).argmin(0)
+        solution = solve_ridge(folds, 1.0, 0.0)
+        chosen = solution.fold_loss.mean(0).argmin(0)
+        # the clearer signal (a 15% share of its target) keeps that strength; the weaker (2%)
+        # may not, where it does not help on every fold (the every-fold rule's cost)
+        assert solution.alpha[0] == ALPHAS[chosen[0]]
         path = ridge_path(LeastSquaresData.joined(folds), 1.0, 0.0)
 
         def losses_on(data, path=path):  # (alphas, heads)
@@ -133,6 +140,7 @@ def test_a_head_takes_feature_weight_only_where_it_helps_on_every_fold():
         solution = solve_ridge(split(data, torch.arange(300) * 5 // 300), 1.0, 0.0,
                                intercept=False)  # fmt: skip
         assert np.isfinite(solution.alpha[0])
+        assert (np.isfinite(solution.alpha) == (solution.folds_helped == 5)).all()
         finite.extend(np.isfinite(solution.alpha[1:]))
         pooled = solution.fold_loss.mean(0).argmin(0)
         finite_without_rule.extend(pooled[1:] < len(ALPHAS) - 1)
@@ -149,22 +157,45 @@ def test_one_fold_cannot_choose():
 class _File(list):
     """A dataset read from a file (as NequIP's ASE dataset: ``file_path``)."""
 
-    file_path = "traj.extxyz"
+    def __init__(self, frames, file_path):
+        super().__init__(frames)
+        self.file_path = file_path
 
 
-def test_folds_are_blocks_of_consecutive_frames_of_the_trajectory():
+def test_folds_are_blocks_of_consecutive_frames_of_each_trajectory():
     """Training and validation frames drawn at random from one file: each fold is a run of
-    consecutive frames of the file (whatever split a frame is in), folds of nearly equal
-    size; frames of no known file are taken in the order given."""
-    trajectory = _File(range(20))
-    order = torch.randperm(20, generator=torch.Generator().manual_seed(0)).tolist()
-    train = torch.utils.data.Subset(trajectory, order[:14])
-    validation = torch.utils.data.Subset(trajectory, order[14:])
-    folds = fold_of_frames([train, validation], 4)
-    fold_of_index = torch.zeros(20, dtype=torch.int64)
-    fold_of_index[order[:14]] = folds[0]
-    fold_of_index[order[14:]] = folds[1]
-    assert fold_of_index.tolist() == [i * 4 // 20 for i in range(20)]
+    consecutive frames of the file, whatever split a frame is in, folds of nearly equal size.
+    Two trajectories (two files, or two datasets of no known file, under Subsets or not) are
+    cut each into its own blocks: fold k holds the k-th stretch of each."""
+    generator = torch.Generator().manual_seed(0)
+    for trajectory in (_File(range(20), "traj.extxyz"), list(range(20))):
+        order = torch.randperm(20, generator=generator).tolist()
+        train = torch.utils.data.Subset(trajectory, order[:14])
+        validation = torch.utils.data.Subset(trajectory, order[14:])
+        folds = fold_of_frames([train, validation], 4)
+        fold_of_index = torch.zeros(20, dtype=torch.int64)
+        fold_of_index[order[:14]] = folds[0]
+        fold_of_index[order[14:]] = folds[1]
+        assert fold_of_index.tolist() == [i * 4 // 20 for i in range(20)]
 
+    first, second = _File(range(6), "a.extxyz"), _File(range(4), "b.extxyz")
+    reverse = torch.utils.data.Subset(second, [3, 2, 1, 0])
+    folds = fold_of_frames([first, reverse], 2)
+    assert [f.tolist() for f in folds] == [[0, 0, 0, 1, 1, 1], [1, 1, 0, 0]]
     unknown = fold_of_frames([list(range(5)), list(range(3))], 2)
-    assert [f.tolist() for f in unknown] == [[0, 0, 0, 0, 1], [1, 1, 1]]
+    assert [f.tolist() for f in unknown] == [[0, 0, 0, 1, 1], [0, 0, 1]]
+
+
+def test_the_solve_line_names_a_head_that_helped_on_all_folds_but_one():
+    """A head left without feature weight though it helped on 4 of 5 folds (a signal that does
+    not carry over to one stretch of the trajectory) is named where the solve is printed."""
+    features = SimpleNamespace(num_features=10, irreps_mix="2x0e")
+    model = SimpleNamespace(heads={"e": [SimpleNamespace(features=features)]},
+                            targets=[0, 2, Null(2), None])  # fmt: skip
+    chosen = {"alpha": [0.1, np.inf, np.inf, 1.0], "at_edge": [False] * 4,
+              "folds_helped": [5, 4, 2, 5]}  # fmt: skip
+    result = {"heads": {"e": [chosen]}, "train_frames": 40, "val_frames": 10, "folds": 5,
+              "seconds_collect": 1.0, "seconds_solve": 1.0}  # fmt: skip
+    lines = describe_solution(result, model).splitlines()
+    assert "5-fold cross-validation on consecutive frames" in lines[1]
+    assert lines[2].endswith("though it helped on 4 of 5 folds: e_l2")
