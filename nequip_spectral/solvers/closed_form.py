@@ -295,16 +295,20 @@ def describe_solution(result: dict, probe_model) -> str:
         f" s, solved in {result['seconds_solve']:.1f} s"
     ]
     folds = result["folds"]
+    ceiling = probe_model.probe.degree * probe_model.backbones[0].irreps.lmax
     for fit, per_backbone in result["heads"].items():
         for b, chosen in enumerate(per_backbone):
             alphas = " ".join(f"{a:.0e}" for a in chosen["alpha"])
             edge = " (some at the grid's edge)" if any(chosen["at_edge"]) else ""
             lines.append(f"  backbone {b}, {fit} heads: ridge strengths {alphas}{edge}, chosen "
                          f"by {folds}-fold cross-validation on consecutive frames")  # fmt: skip
-            almost = [head_name(l, fit) for l, alpha, helped in zip(
-                probe_model.targets, chosen["alpha"], chosen["folds_helped"], strict=True)
-                if math.isinf(alpha) and helped == folds - 1]  # fmt: skip
+            almost = [  # probed l up to d_r L (not the null heads, not the control)
+                head_name(l, fit)
+                for l, alpha, helped in zip(probe_model.targets, chosen["alpha"],
+                                            chosen["folds_helped"], strict=True)
+                if type(l) is int and l <= ceiling and math.isinf(alpha) and helped == folds - 1
+            ]  # fmt: skip
             if almost:
-                lines.append(f"    no feature weight (reads 0), though it helped on {folds - 1} "
-                             f"of {folds} folds: {' '.join(almost)}")  # fmt: skip
+                lines.append(f"    at or below the ceiling, no feature weight (reads 0) though it "
+                             f"helped on {folds - 1} of {folds} folds: {' '.join(almost)}")
     return "\n".join(lines)
