@@ -145,6 +145,20 @@ def known_readings(rho, recovered, num_frames=4):
     return head, control
 
 
+def split_into_folds(data, folds) -> list:
+    """``data``'s energy rows as folds (:class:`LeastSquaresData` each): ``folds[i]`` is frame
+    ``i``'s fold."""
+    parts = []
+    for fold in range(int(folds.max()) + 1):
+        mine = folds == fold
+        part = LeastSquaresData.empty(data.energy_rows.shape[1], data.energy_types.shape[1],
+                                      data.energy_targets.shape[1], with_forces=False)  # fmt: skip
+        part.add_energies(data.energy_rows[mine], data.energy_types[mine],
+                          data.energy_targets[mine])  # fmt: skip
+        parts.append(part)
+    return parts
+
+
 def random_system(frames, num_features=12, num_heads=3, force_rows=0, seed=0):
     """A random linear problem: one truth for every ``seed``, samples and noise of its own."""
     truth = torch.Generator().manual_seed(123)

@@ -205,7 +205,7 @@ def _closed_form(l_values, force_spectrum, directions, batches, warmup, threads,
         add_least_squares(model, batch, systems, folds)
         if i >= warmup:
             seconds += clock() - begin
-            frames += len(batch["num_atoms"])
+            frames += size
     if alloy:
         queue.put({"per_frame": seconds / frames, "peak_mb": _peak_mb(start_rss, device)})
         return

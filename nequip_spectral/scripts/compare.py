@@ -33,10 +33,15 @@ def load_reports(run_dirs) -> list[dict]:
     return reports
 
 
+def probed_l(reports: list[dict]) -> list[int]:
+    """Every ``l`` that any of the runs probed, in order."""
+    return sorted({int(l) for report in reports for l in report["per_l"]})
+
+
 def comparison_rows(reports: list[dict], labels: list[str]) -> tuple[list[str], list[list]]:
     """The table: a row per ``l`` probed by any run (an interval as its two ends); ``None``
     where a run did not probe it."""
-    ls = sorted({int(l) for report in reports for l in report["per_l"]})
+    ls = probed_l(reports)
     columns = [f"{c}_{end}" if c.endswith("ci95") else c for c in COLUMNS
                for end in (("low", "high") if c.endswith("ci95") else ("",))]  # fmt: skip
     header = ["l", *(f"{label}:{column}" for label in labels for column in columns)]
@@ -54,7 +59,7 @@ def comparison_rows(reports: list[dict], labels: list[str]) -> tuple[list[str], 
 def format_comparison(reports, labels, cell: int = 9) -> str:
     """The table as printed: rec (marked against the run's null floor) and R2_inj of forces
     and energies per run, the ceilings marked; then each run's null floor."""
-    ls = sorted({int(l) for report in reports for l in report["per_l"]})
+    ls = probed_l(reports)
     names = ("rec_F", "R2inj_F", "rec_E", "R2inj_E")
     lines = [
         "   " + "".join(f"{label[: 4 * cell - 2]:>{4 * cell}}" for label in labels),

@@ -57,6 +57,7 @@ def add_least_squares(probe_model, data, systems, folds: torch.Tensor) -> None:
                                * batch.readout)  # fmt: skip
 
     tangents = force_sketch(batch, probe_model.probe) if probe_model.with_forces else []
+    present = [(fold, folds == fold) for fold in folds.unique().tolist()]  # (fold, its frames)
     for b, (features, energy, forces) in enumerate(probe_model.backbone_outputs(batch.data)):
         outputs = backbone_predictions(b, energy, forces)
 
@@ -69,12 +70,9 @@ def add_least_squares(probe_model, data, systems, folds: torch.Tensor) -> None:
             rows = frame_features(b, features.detach()) / num_atoms
             energy_targets = targets("energy")[:, 0] / num_atoms
         for fit in probe_model.fits:
-            for fold, part in enumerate(systems[fit][b]):
-                mine = folds == fold
-                if not mine.any():
-                    continue
-                part.add_energies(rows[mine], counts[mine] / num_atoms[mine],
-                                  energy_targets[mine])  # fmt: skip
+            for fold, mine in present:
+                systems[fit][b][fold].add_energies(rows[mine], counts[mine] / num_atoms[mine],
+                                                   energy_targets[mine])  # fmt: skip
         if not probe_model.with_forces:
             continue
         # the features' derivatives along every direction, then the feature map's
@@ -91,13 +89,10 @@ def add_least_squares(probe_model, data, systems, folds: torch.Tensor) -> None:
             along = batch.frame_sum(torch.einsum("snc,nch->snh", tangents.to(torch.float64),
                                                  targets("forces")))  # fmt: skip
         rows, along = -along_features.flatten(0, 1), along.flatten(0, 1)  # (S x frames, ...)
-        row_folds = folds.repeat(len(tangents))
-        for fold, part in enumerate(systems[FORCE_FIT][b]):
-            mine = row_folds == fold
-            if not mine.any():
-                continue
-            atoms = num_atoms[folds == fold].sum()
-            part.add_forces(rows[mine], along[mine], components=int(3 * atoms))
+        for fold, mine in present:
+            on_rows = mine.repeat(len(tangents))  # the rows are (direction, frame)
+            systems[FORCE_FIT][b][fold].add_forces(rows[on_rows], along[on_rows],
+                                                   components=int(3 * num_atoms[mine].sum()))
 
 
 def force_sketch(batch, probe) -> torch.Tensor:

@@ -4,6 +4,7 @@ signal, and signals they cannot carry (a probed one, and the null heads')."""
 import numpy as np
 import pytest
 import torch
+from helpers import split_into_folds
 
 from nequip_spectral.theory.metrics import frame_sums, null_floor, spectrum
 from nequip_spectral.theory.ridge import LeastSquaresData, solve_ridge
@@ -30,14 +31,13 @@ def readings(seed: int) -> np.ndarray:
     relative = torch.eye(heads + 1, dtype=torch.float64)
     relative[-1, :-1] = -1.0
 
-    def folds(mix):  # the fitting frames in 5 blocks of consecutive frames
-        parts = []
-        for block in torch.arange(TRAIN + VALIDATION).chunk(5):
-            data = LeastSquaresData.empty(FEATURES, 1, mix.shape[1])
-            ones = torch.ones(len(block), 1, dtype=torch.float64)
-            data.add_energies(phi[block], ones, targets[block] @ relative @ mix)
-            parts.append(data)
-        return parts
+    fitting = TRAIN + VALIDATION
+    data = LeastSquaresData.empty(FEATURES, 1, heads + 1)
+    data.add_energies(phi[:fitting], torch.ones(fitting, 1), targets[:fitting] @ relative)
+    blocks = torch.arange(fitting) * 5 // fitting  # 5 blocks of consecutive frames
+
+    def folds(mix):  # the fitting frames' folds, with targets mixed by mix
+        return split_into_folds(data.with_targets(mix), blocks)
 
     test = slice(-TEST, None)
     # as solve_heads does: every strength by cross-validation over the folds, and an

@@ -5,7 +5,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import torch
-from helpers import random_system
+from helpers import random_system, split_into_folds
 
 from nequip_spectral._keys import Null
 from nequip_spectral.solvers.closed_form import describe_solution, fold_of_frames
@@ -96,18 +96,6 @@ def drifting_frames(seed, frames=200, features=40, memory=0.95):
     return data
 
 
-def split(data, folds):
-    """``data``'s frames as folds: ``folds[i]`` is frame ``i``'s fold."""
-    parts = []
-    for fold in range(int(folds.max()) + 1):
-        part = LeastSquaresData.empty(data.energy_rows.shape[1], 1, data.energy_targets.shape[1])
-        mine = folds == fold
-        part.add_energies(data.energy_rows[mine], data.energy_types[mine],
-                          data.energy_targets[mine])  # fmt: skip
-        parts.append(part)
-    return parts
-
-
 def test_folds_of_consecutive_frames_do_not_fit_a_drift():
     """A target that wanders in time beside features that wander too: folds of frames taken
     in turn (a frame's neighbours in time on both sides of every fit, as with a random split)
@@ -118,8 +106,8 @@ def test_folds_of_consecutive_frames_do_not_fit_a_drift():
     for seed in range(20):
         data = drifting_frames(seed)
         order = torch.arange(data.num_frames)
-        blocked.append(solve_ridge(split(data, order * 5 // len(order)), 1.0, 0.0).alpha[0])
-        interleaved.append(solve_ridge(split(data, order % 5), 1.0, 0.0).alpha[0])
+        for folds, chosen in ((order * 5 // len(order), blocked), (order % 5, interleaved)):
+            chosen.append(solve_ridge(split_into_folds(data, folds), 1.0, 0.0).alpha[0])
     assert np.mean(np.isinf(blocked)) >= 0.75, blocked
     assert np.isfinite(interleaved).all(), interleaved
 
@@ -137,7 +125,7 @@ def test_a_head_takes_feature_weight_only_where_it_helps_on_every_fold():
         carried = rows[:, :1] + noise[:, :1]
         data = LeastSquaresData.empty(20, 1, 5)
         data.add_energies(rows, torch.ones(300, 1), torch.cat([carried, noise[:, 1:]], dim=1))
-        solution = solve_ridge(split(data, torch.arange(300) * 5 // 300), 1.0, 0.0,
+        solution = solve_ridge(split_into_folds(data, torch.arange(300) * 5 // 300), 1.0, 0.0,
                                intercept=False)  # fmt: skip
         assert np.isfinite(solution.alpha[0])
         assert (np.isfinite(solution.alpha) == (solution.folds_helped == 5)).all()
