@@ -14,9 +14,12 @@ _PUBLIC = {
     "SpectralProbeConfig": "nequip_spectral.config",
     "SpectralInjection": "nequip_spectral.data",
     "FrozenBackboneSPN": "nequip_spectral.model",
+    "SpectralProbeLoss": "nequip_spectral.train",
+    "SpectralReportWriter": "nequip_spectral.train",
+    "SpectralProbeLightningModule": "nequip_spectral.train",
+    # their names in earlier versions' configs
     "SpectralProbeMetrics": "nequip_spectral.train",
     "SpectralMetrics": "nequip_spectral.train",
-    "SpectralProbeLightningModule": "nequip_spectral.train",
 }
 
 __all__ = [
@@ -25,7 +28,9 @@ __all__ = [
     "SpectralMetrics",
     "SpectralProbeConfig",
     "SpectralProbeLightningModule",
+    "SpectralProbeLoss",
     "SpectralProbeMetrics",
+    "SpectralReportWriter",
     "__version__",
 ]
 

@@ -4,7 +4,7 @@ The injected signal of every probed degree ``l`` has its own pair of fields, so 
 batching, metrics and loss handle each ``l`` like any other label.
 """
 
-from typing import Final, NamedTuple
+from typing import Final
 
 from nequip.data import register_fields
 
@@ -47,30 +47,8 @@ register_fields(
 
 
 # Outputs of the probe model, registered when it is built (their number depends on the
-# backbones). Backbone ``b``'s own prediction, and each SPN head's energy and forces. Each
-# backbone has two sets of heads, each set one head per probed ``l`` and a control head: the
-# energy spectrum's, fitted to energies alone (``e_l4``, ``e_none``), and the force
-# spectrum's, fitted to energies and forces (``f_l4``, ``f_none``).
-CONTROL_HEAD: Final[str] = "none"
-ENERGY_FIT: Final[str] = "e"
-FORCE_FIT: Final[str] = "f"
-SPECTRUM_FIT: Final[dict] = {"energy": ENERGY_FIT, "forces": FORCE_FIT}  # kind -> its heads
-
-
-class Null(NamedTuple):
-    """The null head of degree ``l``: fitted to the signal injected along the frame's null
-    direction while it reads the marked one, so nothing is there to recover. Its reading is
-    the floor that chance alone reaches at ``l``."""
-
-    l: int
-
-
-def head_name(l: "int | Null | None", fit: str) -> str:
-    """``e_l4``: head ``l = 4`` of the set ``fit``; ``e_null4``: its null head; ``l = None``:
-    the control head."""
-    if l is None:
-        return f"{fit}_{CONTROL_HEAD}"
-    return f"{fit}_null{l.l}" if isinstance(l, Null) else f"{fit}_l{l}"
+# backbones): backbone ``b``'s own prediction, and each SPN head's energy and forces
+# (:class:`~nequip_spectral.heads.Head` names them).
 
 
 def backbone_energy_key(b: int) -> str:  # (num_frames, 1) | frozen backbone energy B(x)

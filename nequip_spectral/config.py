@@ -6,6 +6,8 @@ so a bad value gives the same error wherever it is read, before any training sta
 """
 
 import dataclasses
+import functools
+import json
 import math
 import os
 import warnings
@@ -14,7 +16,8 @@ from typing import Any
 
 import ase.data
 
-from ._keys import MAX_PROBE_L, Null
+from ._keys import MAX_PROBE_L
+from .heads import CONTROL, NULL, PROBE, Head
 
 MODEL_ID_PREFIX = "nequip.net:"  # a model NequIP fetches (and caches) by its ID
 COMPILED_MODELS = (".nequip.pt2", ".nequip.pth", ".pt2", ".pth")  # nequip-compile output
@@ -194,6 +197,11 @@ class SpectralProbeConfig:
             raise SpectralProbeError(
                 f"spectral_probe: must be a mapping of options, got {type(block).__name__}"
             )
+        # every component gets the same block (``${spectral_probe}``): parsed and checked once
+        return _parse(cls, json.dumps(block, sort_keys=True, default=str))
+
+    @classmethod
+    def _from_mapping(cls, block: Mapping) -> "SpectralProbeConfig":
         known = [field.name for field in dataclasses.fields(cls)]
         for key in block:
             if key in RETIRED:  # an earlier version's option (its runs still rebuild)
@@ -302,20 +310,24 @@ class SpectralProbeConfig:
         if not _is_int(self.seed):
             _fail("seed", f"must be an integer, got {self.seed!r}")
 
-    @property
-    def heads(self) -> list:
-        """Every head of a set, in order: one per probed ``l``, with the closed form a
-        :class:`~nequip_spectral._keys.Null` head per ``l > 0`` too (one more right-hand side
-        of the same normal equations; ``s_0`` does not depend on the direction, so ``l = 0``
-        has no null), and the control head (``None``) last."""
-        return [*self.l_values, *self.null_heads, None]
+    def heads(self, backbone: int, fit: str) -> list[Head]:
+        """The heads of one set, in order: one per probed ``l``, with the closed form a null
+        head per ``l > 0`` too (one more right-hand side of the same normal equations;
+        ``s_0`` does not depend on the direction, so ``l = 0`` has no null), and the control
+        head last."""
+        return [Head(backbone, fit, l, role) for l, role in self.head_roles]
 
     @property
-    def null_heads(self) -> list:
-        """The null heads: with the closed form, one per probed ``l > 0``."""
-        if self.solver != "closed_form":
-            return []
-        return [Null(l) for l in self.l_values if l > 0]
+    def head_roles(self) -> list[tuple]:
+        """``(l, role)`` of every head of a set (see :meth:`heads`)."""
+        return [(l, PROBE) for l in self.l_values] + [(l, NULL) for l in self.null_l_values] + [
+            (None, CONTROL)
+        ]
+
+    @property
+    def null_l_values(self) -> list[int]:
+        """The ``l`` of the null heads: with the closed form, every probed ``l > 0``."""
+        return [l for l in self.l_values if l > 0] if self.solver == "closed_form" else []
 
     def force_rows(self, num_atoms: int) -> int:
         """How many force rows (directions) a frame of ``num_atoms`` atoms gets."""
@@ -370,3 +382,8 @@ class SpectralProbeConfig:
             missing = [s for s in getattr(self, key) if s not in type_names]
             if missing:
                 _fail(key, f"{missing} not among the type names of {source}: {list(type_names)}")
+
+
+@functools.lru_cache(maxsize=32)
+def _parse(cls, text: str) -> SpectralProbeConfig:
+    return cls._from_mapping(json.loads(text))

@@ -191,10 +191,10 @@ def closed_form_report(model, train, validation, test, n_bootstrap=200, batch_si
     """
     import dataclasses
 
+    from nequip_spectral.heads import KINDS
     from nequip_spectral.report import batch_frame_sums, build_report
     from nequip_spectral.report.frames import FrameSums
     from nequip_spectral.solvers.closed_form import collect, solve_heads
-    from nequip_spectral.targets import KINDS
 
     kinds = KINDS if model.with_forces else ("energy",)
     solve_heads(model, collect(model, [train, validation], batch_size, "cpu"), 1.0, 1.0)
@@ -208,7 +208,7 @@ def closed_form_report(model, train, validation, test, n_bootstrap=200, batch_si
         controls.append(control.numpy())
     context = {
         "probe": dataclasses.asdict(model.probe), "L": model.backbones[0].irreps.lmax,
-        "kinds": list(kinds), "head_parameters": model.heads["e"][0].parameters_per_head,
+        "kinds": list(kinds), "head_parameters": model.parameters_per_head,
         "solver": {}, "n_bootstrap": n_bootstrap, "block_length": None,
     }  # fmt: skip
     order = np.arange(len(test))

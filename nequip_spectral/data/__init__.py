@@ -1,15 +1,15 @@
-"""Data: the ``SpectralInjection`` transform, the offline aspirin dataset and the periodic
-EMT materials."""
+"""Data: the ``SpectralInjection`` transform and the bundled aspirin dataset. The offline
+dataset generators are in :mod:`nequip_spectral.generators`."""
 
-from .aspirin import BUNDLED_ASPIRIN, generate_aspirin
+from pathlib import Path
+
 from .injection import SpectralInjection, frames_from_ase
-from .materials import MATERIALS, generate_material
+
+# made by ``nequip-spectral-make-aspirin`` (:mod:`nequip_spectral.generators.aspirin`)
+BUNDLED_ASPIRIN = Path(__file__).parent / "aspirin_gfn2xtb_500K.extxyz"
 
 __all__ = [
     "BUNDLED_ASPIRIN",
-    "MATERIALS",
     "SpectralInjection",
     "frames_from_ase",
-    "generate_aspirin",
-    "generate_material",
 ]

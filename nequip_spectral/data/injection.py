@@ -117,7 +117,7 @@ class SpectralInjection(torch.nn.Module):
                 data[forces_key(l)] = (self.probe.amplitude * forces[:, k]).to(dtype)
 
         add(direction, self.probe.l_values, injected_energy_key, injected_forces_key)
-        nulls = [null.l for null in self.probe.null_heads]
+        nulls = self.probe.null_l_values
         if nulls:  # the null heads' signal
             add(self.null_direction(data), nulls, null_energy_key, null_forces_key)
         data[MARKED_DIRECTION_KEY] = read.view(1, 3).to(dtype)

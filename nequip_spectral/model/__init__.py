@@ -1,5 +1,6 @@
 """The model builder of the probe."""
 
-from .frozen_spn import FrozenBackboneSPN, freeze_and_tap, load_frozen_backbone
+from ..nn.tap import freeze_and_tap, load_frozen_backbone
+from .frozen_spn import FrozenBackboneSPN
 
 __all__ = ["FrozenBackboneSPN", "freeze_and_tap", "load_frozen_backbone"]

@@ -1,6 +1,5 @@
 """The probe: SPN heads on the tapped features of frozen backbones, one backbone pass a batch."""
 
-import dataclasses
 from typing import NamedTuple
 
 import torch
@@ -9,51 +8,18 @@ from nequip.data import AtomicDataDict, register_fields
 from nequip.nn import GraphModuleMixin, scatter
 
 from .._keys import (
-    ENERGY_FIT,
-    FORCE_FIT,
     MARKED_CENTER_KEY,
     MARKED_DIRECTION_KEY,
     backbone_energy_key,
     backbone_forces_key,
-    head_energy_key,
-    head_forces_key,
-    head_name,
 )
 from ..config import SpectralProbeConfig
+from ..data.injection import frame_digest
+from ..heads import ENERGY_FIT, FORCE_FIT, KINDS
+from ..theory.ridge import sketch_directions
 from .cache import FrameCache, batch_frame_keys
 from .polynomial import LinearHeads
 from .spn import SPNHeads
-
-
-@dataclasses.dataclass(frozen=True)
-class FrozenBackbone:
-    """A trained model split at its feature tap.
-
-    Args:
-        path: the file it was loaded from
-        model: the whole model (``GraphModel``), frozen and in eval mode
-        before_tap: the modules that compute the tapped features
-        from_tap: the rest, which turns them into the backbone's energy
-        irreps: irreps of the tapped node features
-    """
-
-    path: str
-    model: torch.nn.Module
-    before_tap: tuple
-    from_tap: tuple
-    irreps: o3.Irreps
-
-    def tap(self, data: AtomicDataDict.Type) -> AtomicDataDict.Type:
-        """The batch after the modules before the tap; its node features are the tapped ones."""
-        for module in self.before_tap:
-            data = module(data)
-        return data
-
-    def energy(self, tapped: AtomicDataDict.Type) -> torch.Tensor:
-        """The backbone's total energy, from the output of :meth:`tap`."""
-        for module in self.from_tap:
-            tapped = module(tapped)
-        return tapped[AtomicDataDict.TOTAL_ENERGY_KEY]
 
 
 class ProbeBatch(NamedTuple):
@@ -113,14 +79,15 @@ class SpectralProbeModel(GraphModuleMixin, torch.nn.Module):
         self._cache = FrameCache()  # the backbones' per-frame outputs, on the CPU
         self.irreps = [backbone.irreps for backbone in backbones]
         self.fits = (ENERGY_FIT, FORCE_FIT) if self.probe.force_spectrum else (ENERGY_FIT,)
-        self.targets = self.probe.heads  # the heads of a set, control last
+        self.num_heads = len(self.probe.head_roles)  # of a set
+        self.batched_jvp = None  # see feature_derivatives (the benchmark sets it)
         self.heads = torch.nn.ModuleDict(
             {fit: torch.nn.ModuleList(map(self._heads, self.irreps)) for fit in self.fits}
         )
         self.shifts = torch.nn.ParameterDict(
             {
                 fit: torch.nn.Parameter(
-                    torch.zeros(len(backbones), len(type_names), len(self.targets))
+                    torch.zeros(len(backbones), len(type_names), self.num_heads)
                 )
                 for fit in self.fits
             }
@@ -140,10 +107,10 @@ class SpectralProbeModel(GraphModuleMixin, torch.nn.Module):
                 irreps_out[backbone_energy_key(b)] = "0e"
                 irreps_out[backbone_forces_key(b)] = "1o"
             for fit in self.fits:
-                for l in self.targets:
-                    irreps_out[head_energy_key(b, head_name(l, fit))] = "0e"
+                for head in self.probe.heads(b, fit):
+                    irreps_out[head.output_key("energy")] = "0e"
                     if fit == FORCE_FIT:
-                        irreps_out[head_forces_key(b, head_name(l, fit))] = "1o"
+                        irreps_out[head.output_key("forces")] = "1o"
         # register the outputs so that NequIP batches and permutes them as what they are
         register_fields(
             graph_fields=[k for k, irreps in irreps_out.items() if irreps == "0e"],
@@ -158,7 +125,7 @@ class SpectralProbeModel(GraphModuleMixin, torch.nn.Module):
         )
 
     def _heads(self, irreps):
-        probe, count = self.probe, len(self.targets)
+        probe, count = self.probe, self.num_heads
         if probe.solver == "closed_form":
             return LinearHeads(irreps, count, probe.degree, probe.feature_budget, probe.seed)
         return SPNHeads(irreps, count, probe.degree, probe.channels, probe.activation)
@@ -170,6 +137,16 @@ class SpectralProbeModel(GraphModuleMixin, torch.nn.Module):
     @property
     def with_forces(self) -> bool:
         return FORCE_FIT in self.fits
+
+    @property
+    def ceiling(self) -> int:
+        """``d_r L``: the highest degree the heads can represent."""
+        return self.probe.degree * self.irreps[0].lmax
+
+    @property
+    def kinds(self) -> tuple:
+        """The spectra it measures, forces (the primary one when there) first."""
+        return KINDS if self.with_forces else ("energy",)
 
     def _apply(self, fn, *args, **kwargs):
         for backbone in self._backbones:
@@ -253,13 +230,158 @@ class SpectralProbeModel(GraphModuleMixin, torch.nn.Module):
                     (feature_grads,) = torch.autograd.grad(
                         head_energies.sum(), inputs, create_graph=self.training
                     )
-                    head_forces = _ForcesThroughBackbone.apply(feature_grads, features, batch.pos)
-                for h, l in enumerate(self.targets):
-                    name = head_name(l, fit)
-                    out[head_energy_key(b, name)] = head_energies[:, h : h + 1]
+                    head_forces = _ForcesThroughBackbone.apply(
+                        feature_grads, features, batch.pos, self.batched_jvp
+                    )
+                for h, head in enumerate(self.probe.heads(b, fit)):
+                    out[head.output_key("energy")] = head_energies[:, h : h + 1]
                     if fit == FORCE_FIT:
-                        out[head_forces_key(b, name)] = head_forces[h].to(per_atom.dtype)
+                        out[head.output_key("forces")] = head_forces[h].to(per_atom.dtype)
         return out
+
+    # what a solver asks of the probe: the rows of the closed form's least squares, loading a
+    # solution, one head's weights (each head its own best epoch)
+
+    @property
+    def num_features(self) -> int:
+        """Features per closed-form head (the columns of its least squares)."""
+        return self.heads[ENERGY_FIT][0].features.num_features
+
+    @property
+    def num_types(self) -> int:
+        return self.shifts[ENERGY_FIT].shape[1]
+
+    @property
+    def mixed_irreps(self) -> str:
+        """The irreps a closed-form head's features are built from."""
+        return str(self.heads[ENERGY_FIT][0].features.irreps_mix)
+
+    @property
+    def parameters_per_head(self) -> int:
+        return self.heads[ENERGY_FIT][0].parameters_per_head
+
+    def describe_features(self) -> str:
+        """``84 features per head (8x0e+...)``: what a closed-form head reads."""
+        return f"{self.num_features} features per head ({self.mixed_irreps})"
+
+    def least_squares_rows(self, data) -> list["LeastSquaresRows"]:
+        """Every backbone's rows of the closed form's least squares for a batch, in float64.
+
+        Energy rows: the features summed over the readout atoms, per atom. With the force
+        spectrum, force rows: the heads' forces along directions ``v``, minus the derivative of
+        the features along ``v``, one Jacobian-vector product through the backbone each; every
+        force component, or a sketch of random directions (``force_directions``,
+        :meth:`force_sketch`).
+        """
+        batch = self.read(data, torch.float64)
+        num_atoms = batch.data[AtomicDataDict.NUM_NODES_KEY].view(-1, 1).to(torch.float64)
+        counts = batch.readout.new_zeros(batch.num_frames, self.num_types)
+        counts.index_put_((batch.frames, batch.types), batch.readout.squeeze(-1), accumulate=True)
+
+        def frame_features(b, features):  # (..., frames, K)
+            heads = self.heads[ENERGY_FIT][b]
+            return batch.frame_sum(heads.features(features.to(torch.float64), batch.harmonics)
+                                   * batch.readout)  # fmt: skip
+
+        tangents = self.force_sketch(batch) if self.with_forces else []
+        rows = []
+        for b, (features, energy, forces) in enumerate(self.backbone_outputs(batch.data)):
+            outputs = backbone_predictions(b, energy, forces)
+            heads = self.probe.heads(b, ENERGY_FIT)  # (the targets are the same in every set)
+
+            def targets(kind, heads=heads, outputs=outputs):  # (values, [3,] heads)
+                return torch.stack(
+                    [head.target(outputs, batch.data, kind, self.probe.target)
+                     .to(torch.float64) for head in heads], dim=-1)  # fmt: skip
+
+            with torch.no_grad():
+                energy_rows = frame_features(b, features.detach()) / num_atoms
+                energy_targets = targets("energy")[:, 0] / num_atoms
+            if not self.with_forces:
+                rows.append(LeastSquaresRows(energy_rows, counts / num_atoms, energy_targets))
+                continue
+            # the features' derivatives along every direction, then the feature map's
+            derivatives = feature_derivatives(features, batch.pos, tangents, self.batched_jvp)
+            derivatives = derivatives.to(torch.float64)
+            with torch.no_grad():
+                x = features.detach().to(torch.float64)
+
+                def derivative(d, b=b, x=x):  # of the per-frame features along d
+                    return torch.func.jvp(lambda z: frame_features(b, z), (x,), (d,))[1]
+
+                along_features = torch.cat(  # directions in chunks: (S, atoms, K) is large
+                    [torch.func.vmap(derivative)(chunk) for chunk in derivatives.split(16)]
+                )
+                along = batch.frame_sum(torch.einsum("snc,nch->snh", tangents.to(torch.float64),
+                                                     targets("forces")))  # fmt: skip
+            rows.append(LeastSquaresRows(energy_rows, counts / num_atoms, energy_targets,
+                                         -along_features, along, 3 * num_atoms.view(-1)))
+        return rows
+
+    def force_sketch(self, batch: "ProbeBatch") -> torch.Tensor:
+        """``(directions, atoms, 3)``: each frame's force directions (``sketch_directions``,
+        from the frame's own digest), zero past its own."""
+        pos, probe = batch.pos, self.probe
+        sizes = batch.data[AtomicDataDict.NUM_NODES_KEY].view(-1).tolist()
+        sketches = [
+            sketch_directions(len(p), probe.force_rows(len(p)), frame_digest(p, t, probe.seed))
+            for p, t in zip(pos.split(sizes), batch.types.split(sizes), strict=True)
+        ]
+        tangents = torch.zeros(max(len(v) for v in sketches), *pos.shape, dtype=torch.float64)
+        start = 0
+        for directions in sketches:
+            tangents[: len(directions), start : start + directions.shape[1]] = directions
+            start += directions.shape[1]
+        return tangents.to(device=pos.device, dtype=pos.dtype)
+
+    def load_solution(self, fit: str, backbone: int, weights, intercepts, alpha) -> None:
+        """Set a closed-form set's ``(features, heads)`` weights, ``(types, heads)`` per-type
+        energies and ``(heads,)`` ridge strengths."""
+        with torch.no_grad():
+            heads = self.heads[fit][backbone]
+            heads.weights.copy_(weights)
+            heads.alpha.copy_(alpha)
+            self.shifts[fit][backbone] = intercepts
+
+    def ridge_strengths(self, fit: str) -> list[list[float]] | None:
+        """Each closed-form head's ridge strength, per backbone (``None`` with ``sgd``)."""
+        if self.probe.solver != "closed_form":
+            return None
+        return [heads.alpha.tolist() for heads in self.heads[fit]]
+
+    def head_state(self, fit: str, backbone: int, h: int) -> dict:
+        """A copy of head ``h``'s own weights (its slice of every weight of its set)."""
+        heads = self.heads[fit][backbone]
+        state = {name: p[h].detach().clone() for name, p in heads.named_parameters()}
+        state["shift"] = self.shifts[fit][backbone, :, h].detach().clone()
+        return state
+
+    def load_head_state(self, fit: str, backbone: int, h: int, state: dict) -> None:
+        with torch.no_grad():
+            for name, parameter in self.heads[fit][backbone].named_parameters():
+                parameter[h] = state[name]
+            self.shifts[fit][backbone, :, h] = state["shift"]
+
+
+class LeastSquaresRows(NamedTuple):
+    """One backbone's rows of the closed form's least squares for a batch (float64).
+
+    Attributes:
+        energy_rows: ``(frames, K)`` the features summed over the readout atoms, per atom
+        type_counts: ``(frames, types)`` readout atoms of each type, per atom
+        energy_targets: ``(frames, heads)`` each head's energy target, per atom
+        force_rows: ``(directions, frames, K)`` minus the features' derivative along each
+          force direction (``None`` without the force spectrum)
+        force_targets: ``(directions, frames, heads)`` each head's force target along it
+        force_components: ``(frames,)`` each frame's force components
+    """
+
+    energy_rows: torch.Tensor
+    type_counts: torch.Tensor
+    energy_targets: torch.Tensor
+    force_rows: torch.Tensor | None = None
+    force_targets: torch.Tensor | None = None
+    force_components: torch.Tensor | None = None
 
 
 def backbone_predictions(b: int, energy, forces) -> dict:
@@ -283,9 +405,9 @@ class _ForcesThroughBackbone(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, feature_grads, features, pos):
+    def forward(ctx, feature_grads, features, pos, batched=None):
         ctx.graph = features, pos  # the backbone's graph, kept for the backward
-        ctx.dtype = feature_grads.dtype
+        ctx.dtype, ctx.batched = feature_grads.dtype, batched
         forces = [
             torch.autograd.grad(features, pos, g.to(features.dtype), retain_graph=True)[0]
             for g in feature_grads
@@ -296,28 +418,26 @@ class _ForcesThroughBackbone(torch.autograd.Function):
     def backward(ctx, grad_forces):
         features, pos = ctx.graph
         with torch.enable_grad():
-            jvps = feature_derivatives(features, pos, grad_forces.to(pos.dtype))
+            jvps = feature_derivatives(features, pos, grad_forces.to(pos.dtype), ctx.batched)
         del ctx.graph
-        return -jvps.to(ctx.dtype), None, None
+        return -jvps.to(ctx.dtype), None, None, None
 
 
 # directions a batched Jacobian-vector product takes at once (bounds its memory)
 JVP_CHUNK = 64
-# batched Jacobian-vector products: None, on any device but the CPU (the benchmark sets it)
-BATCHED_JVP: bool | None = None
 
 
-def feature_derivatives(features, pos, tangents) -> torch.Tensor:
+def feature_derivatives(features, pos, tangents, batched: bool | None = None) -> torch.Tensor:
     r"""``(S, atoms, channels)``: the derivatives :math:`J t_s` of the tapped features along
     each tangent :math:`t_s` of the positions (``(S, atoms, 3)``).
 
     Jacobian-vector products through the backbone's reverse-mode graph, as the derivative of
-    :math:`u \mapsto J^\top u`. Batched (``BATCHED_JVP``; ``None``: on any device but the
-    CPU): ``JVP_CHUNK`` directions in one vmapped backward pass, a few kernel launches for all
-    of them; else one backward pass a direction, which measures faster on the CPU
+    :math:`u \mapsto J^\top u`. ``batched`` (``None``: on any device but the CPU):
+    ``JVP_CHUNK`` directions in one vmapped backward pass, a few kernel launches for all of
+    them; else one backward pass a direction, which measures faster on the CPU
     (``nequip-spectral-benchmark --jvp loop|batched``).
     """
-    batched = BATCHED_JVP if BATCHED_JVP is not None else pos.device.type != "cpu"
+    batched = batched if batched is not None else pos.device.type != "cpu"
     u = torch.zeros_like(features, requires_grad=True)
     (vjp,) = torch.autograd.grad(features, pos, u, create_graph=True)
     if batched:

@@ -6,7 +6,7 @@ from pathlib import Path
 import numpy as np
 
 from ..config import SpectralProbeConfig
-from ..targets import KINDS
+from ..heads import KINDS
 from ..theory.bootstrap import choose_block_length, lag1_autocorrelation, summarize
 from ..theory.metrics import (
     READINGS,
@@ -63,7 +63,7 @@ def build_report(
         for k, kind in enumerate(kinds)
     }
 
-    num_l, nulls = len(probe.l_values), [null.l for null in probe.null_heads]
+    num_l, nulls = len(probe.l_values), probe.null_l_values
     with_null = bool(nulls) and head.shape[-2] == num_l + len(nulls)  # (after the l heads)
 
     def per_l(values_of):  # {"4": {"rho": .., "R2_inj_forces": .., ...}}

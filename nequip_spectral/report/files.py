@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..targets import KINDS
+from ..heads import KINDS
 from ..theory.metrics import READINGS
 from .build import METRICS, _finite
 from .plot import plot_spectrum

@@ -4,6 +4,8 @@ chosen ridge strengths as metrics, and the spectrum's picture to loggers that ta
 
 import math
 
+from ..config import SpectralProbeConfig
+
 PREFIX = "spectral"
 
 
@@ -24,14 +26,15 @@ def report_metrics(report: dict) -> dict:
                 "ci95"
             ]
     metrics[f"{PREFIX}/cliff"] = report["cliff"].get("ratio")
-    ls = report["l_values"]
-    nulls = [f"null{l}" for l in ls if l > 0] if report["null_heads"] else []
-    heads = [f"l{l}" for l in ls] + nulls + ["none"]
+    probe = SpectralProbeConfig(l_values=tuple(report["l_values"]))  # (the closed form's heads)
     for key, per_backbone in report["solver"].items():
         if key.startswith("alpha_"):  # the closed form's ridge strength of each head
+            fit = key.removeprefix("alpha_")
             for b, alphas in enumerate(per_backbone):
-                for head, alpha in zip(heads, alphas, strict=True):  # null: infinite
-                    metrics[f"{PREFIX}/{key}/b{b}/{head}"] = math.inf if alpha is None else alpha
+                for head, alpha in zip(probe.heads(b, fit), alphas, strict=True):  # null: inf
+                    metrics[f"{PREFIX}/alpha/b{b}/{head.name}"] = (
+                        math.inf if alpha is None else alpha
+                    )
     return {name: float(value) for name, value in metrics.items() if value is not None}
 
 

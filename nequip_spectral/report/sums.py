@@ -3,9 +3,8 @@
 import torch
 from nequip.data import AtomicDataDict
 
-from .._keys import SPECTRUM_FIT, head_name
 from ..config import SpectralProbeConfig
-from ..targets import FIELDS, head_target
+from ..heads import SPECTRUM_FIT
 from ..theory.metrics import frame_sums
 
 
@@ -17,8 +16,8 @@ def batch_frame_sums(outputs, data, probe: SpectralProbeConfig, num_backbones: i
 
     Returns:
         ``head`` of shape ``(backbones, frames, kinds, heads, 6)`` (the heads of
-        ``probe.heads`` but the control: each ``l``, then the null heads) and ``control`` of shape
-        ``(backbones, frames, kinds, 3)``, kinds in the order of ``kinds``
+        ``probe.heads(b, fit)`` but the control: each ``l``, then the null heads) and
+        ``control`` of shape ``(backbones, frames, kinds, 3)``, kinds in the order of ``kinds``
     """
     num_frames = AtomicDataDict.num_frames(data)
     positions = data[AtomicDataDict.POSITIONS_KEY]
@@ -32,11 +31,11 @@ def batch_frame_sums(outputs, data, probe: SpectralProbeConfig, num_backbones: i
     for b in range(num_backbones):
         head_b, control_b = [], []
         for kind in kinds:
-            fit = SPECTRUM_FIT[kind]
-            control_output = outputs[FIELDS[kind].head(b, head_name(None, fit))].detach()
+            *heads_b, control_head = probe.heads(b, SPECTRUM_FIT[kind])
+            control_output = outputs[control_head.output_key(kind)].detach()
             if probe.target == "injected":  # yhat_none = 0, so G_none = 0
                 control_output = torch.zeros_like(control_output)
-            control_target = head_target(outputs, data, b, None, kind, probe.target)
+            control_target = control_head.target(outputs, data, kind, probe.target)
             zero = torch.zeros_like(control_output)
             control_sums = frame_sums(
                 control_target, control_output, zero, zero, frame_of[kind], num_frames
@@ -46,14 +45,14 @@ def batch_frame_sums(outputs, data, probe: SpectralProbeConfig, num_backbones: i
                 torch.stack(
                     [
                         frame_sums(
-                            head_target(outputs, data, b, l, kind, probe.target),
-                            outputs[FIELDS[kind].head(b, head_name(l, fit))].detach(),
+                            head.target(outputs, data, kind, probe.target),
+                            outputs[head.output_key(kind)].detach(),
                             control_output,
-                            data[FIELDS[kind].signal(l)],
+                            data[head.signal_key(kind)],
                             frame_of[kind],
                             num_frames,
                         )
-                        for l in probe.heads[:-1]  # every head but the control
+                        for head in heads_b
                     ],
                     dim=1,
                 )

@@ -20,7 +20,7 @@ import time
 import ase.io
 import torch
 
-from .._keys import ENERGY_FIT  # (importing _keys registers the fields before the data is read)
+from .. import _keys  # noqa: F401  (registers the fields before the data is read)
 from ..data import BUNDLED_ASPIRIN, SpectralInjection, frames_from_ase
 
 TYPE_NAMES = ["C", "H", "O"]
@@ -63,7 +63,7 @@ def _cell_batches(atoms: int, count: int):
     from nequip.data import AtomicDataDict
     from nequip.data.transforms import ChemicalSpeciesToAtomTypeMapper, NeighborListTransform
 
-    from ..data.materials import material_supercell
+    from ..generators.materials import material_supercell
 
     names = ALLOY_TYPES
     transforms = [
@@ -103,7 +103,7 @@ def _backbone(type_names=TYPE_NAMES):
     )
 
 
-def _probe(l_values, force_spectrum, solver, directions="auto", alloy=False):
+def _probe(l_values, force_spectrum, solver, jvp, directions="auto", alloy=False):
     from nequip.utils import torch_default_dtype
 
     from ..model import freeze_and_tap
@@ -118,6 +118,7 @@ def _probe(l_values, force_spectrum, solver, directions="auto", alloy=False):
     with torch_default_dtype(torch.float32):
         torch.manual_seed(0)
         model = SpectralProbeModel([freeze_and_tap(_backbone(type_names))], probe, type_names)
+    model.batched_jvp = {"auto": None, "loop": False, "batched": True}[jvp]
     return model, probe
 
 
@@ -127,16 +128,12 @@ def _peak_mb(start_rss, device):
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 - start_rss
 
 
-def _child(threads, device, jvp):
-    """A child's set-up (a spawned process starts bare): NequIP's state, threads, how
-    Jacobian-vector products are taken, the clock."""
+def _child(threads, device):
+    """A child's set-up (a spawned process starts bare): NequIP's state, threads, the clock."""
     from nequip.utils.global_state import set_global_state
-
-    from ..nn import probe
 
     set_global_state()
     torch.set_num_threads(threads)
-    probe.BATCHED_JVP = {"auto": None, "loop": False, "batched": True}[jvp]
     device = torch.device(device)
 
     def clock():  # seconds, once the device has finished what it was given
@@ -157,15 +154,15 @@ def _train_steps(name, l_values, force_spectrum, batches, warmup, threads, devic
     """Run in a child: seconds per training step, first epoch and later (cached) epochs."""
     from nequip.train import EnergyForceLoss
 
-    from ..train import SpectralProbeMetrics
+    from ..train import SpectralProbeLoss
 
-    device, clock, start_rss = _child(threads, device, jvp)
+    device, clock, start_rss = _child(threads, device)
     if name == "backbone":
         model = _backbone()
         loss = EnergyForceLoss(type_names=TYPE_NAMES)
     else:
-        model, probe = _probe(l_values, force_spectrum, "sgd")
-        loss = SpectralProbeMetrics(probe, type_names=TYPE_NAMES)
+        model, probe = _probe(l_values, force_spectrum, "sgd", jvp)
+        loss = SpectralProbeLoss(probe, type_names=TYPE_NAMES)
     model.to(device).train()
     batches = [_to(batch, device) for batch in batches]
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
@@ -188,14 +185,14 @@ def _closed_form(l_values, force_spectrum, directions, batches, warmup, threads,
                  queue, alloy=False):  # fmt: skip
     """Run in a child: seconds per frame of the closed-form pass, and of the solve (aspirin;
     with ``alloy``, the pass alone)."""
-    from ..solvers.closed_form import add_least_squares, solve_heads
+    from ..solvers.closed_form import add_least_squares, empty_folds, solve_heads
 
-    device, clock, start_rss = _child(threads, device, jvp)
-    model, _ = _probe(l_values, force_spectrum, "closed_form", directions, alloy)
+    device, clock, start_rss = _child(threads, device)
+    model, _ = _probe(l_values, force_spectrum, "closed_form", jvp, directions, alloy)
     model.to(device)
     batches = [_to(batch, device) for batch in batches]
     num_folds = model.probe.ridge_folds
-    systems = {fit: [[_empty(model, fit) for _ in range(num_folds)]] for fit in model.fits}
+    systems = empty_folds(model)
     frames, seconds, dealt = 0, 0.0, 0
     for i, batch in enumerate(batches):  # frames dealt to the folds in turn
         size = len(batch["num_atoms"])
@@ -220,17 +217,7 @@ def _closed_form(l_values, force_spectrum, directions, batches, warmup, threads,
     solve = clock() - begin
     peak = _peak_mb(start_rss, device)
     queue.put({"per_frame": seconds / frames, "solve": solve, "peak_mb": peak,
-               "features": model.heads[ENERGY_FIT][0].features.num_features})  # fmt: skip
-
-
-def _empty(model, fit):
-    from ..theory.ridge import LeastSquaresData
-
-    heads = model.heads[fit][0]
-    return LeastSquaresData.empty(
-        heads.features.num_features, model.shifts[fit].shape[1], heads.num_heads,
-        with_forces=fit == "f",
-    )
+               "features": model.num_features})  # fmt: skip
 
 
 def main(argv=None) -> None:

@@ -17,7 +17,7 @@ import time
 from importlib.resources import files
 from pathlib import Path
 
-from ..data.aspirin import BUNDLED_ASPIRIN
+from ..data import BUNDLED_ASPIRIN
 
 CONFIGS = Path(str(files("nequip_spectral") / "example_configs"))  # (example_configs/ in a clone)
 

@@ -1,9 +1,10 @@
 """The commands that write the offline datasets as extxyz files.
 
 ``nequip-spectral-make-aspirin``: aspirin molecular dynamics with GFN2-xTB labels
-(:mod:`nequip_spectral.data.aspirin`). ``nequip-spectral-make-c5``: the synthetic 5-fold ring
-of the calibration (:mod:`nequip_spectral.data.c5`). ``nequip-spectral-make-material``:
-periodic fcc metals and the Cu3Au alloy with EMT labels (:mod:`nequip_spectral.data.materials`).
+(:mod:`nequip_spectral.generators.aspirin`). ``nequip-spectral-make-c5``: the five-fold (C5)
+ring test system of the calibration (:mod:`nequip_spectral.generators.c5_ring`).
+``nequip-spectral-make-material``: periodic fcc metals and the Cu3Au alloy with EMT labels
+(:mod:`nequip_spectral.generators.materials`).
 """
 
 import argparse
@@ -44,7 +45,7 @@ def _write(parser, args, generate) -> None:
 
 
 def make_aspirin(argv=None) -> None:
-    from ..data.aspirin import generate_aspirin
+    from ..generators.aspirin import generate_aspirin
 
     parser = _parser("Write an aspirin MD dataset with GFN2-xTB labels (extxyz).", 1500)
     parser.add_argument("--temperature", type=float, default=500.0, help="K")
@@ -58,7 +59,7 @@ def make_aspirin(argv=None) -> None:
 
 
 def make_c5(argv=None) -> None:
-    from ..data.c5 import generate_c5
+    from ..generators.c5_ring import generate_c5
 
     parser = _parser("Write the synthetic 5-fold ring calibration data (extxyz).", 600)
     parser.add_argument("--radial", type=float, default=0.0, help="radial distortion (A)")
@@ -71,7 +72,7 @@ def make_c5(argv=None) -> None:
 
 
 def make_material(argv=None) -> None:
-    from ..data.materials import FCC_METALS, MATERIALS, STRUCTURES, generate_material
+    from ..generators.materials import FCC_METALS, MATERIALS, STRUCTURES, generate_material
 
     parser = _parser(
         "Write a periodic metal or alloy MD dataset with EMT labels (extxyz): Langevin "

@@ -21,95 +21,52 @@ from pathlib import Path
 import torch
 from nequip.data import AtomicDataDict
 
-from .._distributed import rank_and_world
-from .._keys import ENERGY_FIT, FORCE_FIT, Null, head_name
+from .._distributed import every_rank, rank_and_world
 from ..config import SpectralProbeError
-from ..data.injection import frame_digest
-from ..nn.probe import backbone_predictions, feature_derivatives
-from ..report.frames import frame_origin
-from ..targets import head_target
-from ..theory.ridge import ALPHAS, LeastSquaresData, sketch_directions, solve_ridge
+from ..heads import FORCE_FIT, PROBE
+from ..report.frames import batch_frame_ids, frame_id, frame_origin
+from ..theory.ridge import ALPHAS, LeastSquaresData, solve_ridge
+
+
+def empty_folds(probe_model) -> dict:
+    """``{fit: [[LeastSquaresData of each fold] of each backbone]}``, nothing added yet."""
+    return {
+        fit: [
+            [
+                LeastSquaresData.empty(probe_model.num_features, probe_model.num_types,
+                                       probe_model.num_heads, with_forces=fit == FORCE_FIT)
+                for _ in range(probe_model.probe.ridge_folds)
+            ]
+            for _ in probe_model.backbones
+        ]
+        for fit in probe_model.fits
+    }  # fmt: skip
 
 
 def add_least_squares(probe_model, data, systems, folds: torch.Tensor) -> None:
-    """Add a batch's rows to every backbone's least-squares data, each frame's to its fold.
-
-    Energy rows: the features summed over the readout atoms, per atom. With the force
-    spectrum, force rows: the heads' forces along directions ``v``, minus the derivative of
-    the features along ``v``, one Jacobian-vector product through the backbone each; every
-    force component, or a sketch of random directions (``force_directions``,
-    :func:`force_sketch`). Targets are formed in float64.
+    """Add a batch's rows (the probe's
+    :meth:`~nequip_spectral.nn.SpectralProbeModel.least_squares_rows`) to every backbone's
+    least-squares data, each frame's to its fold.
 
     Args:
         probe_model: the :class:`~nequip_spectral.nn.SpectralProbeModel`
         data: a batch
         systems: ``{fit: [[LeastSquaresData of each fold] of each backbone]}``
-        folds: ``(frames,)`` each frame's fold
+        folds: ``(frames,)`` each frame's fold; ``-1``: left out
     """
-    batch = probe_model.read(data, torch.float64)
-    num_atoms = batch.data[AtomicDataDict.NUM_NODES_KEY].view(-1, 1).to(torch.float64)
-    counts = batch.readout.new_zeros(batch.num_frames, probe_model.shifts[ENERGY_FIT].shape[1])
-    counts.index_put_((batch.frames, batch.types), batch.readout.squeeze(-1), accumulate=True)
-
-    def frame_features(b, features):  # (..., frames, K)
-        heads = probe_model.heads[ENERGY_FIT][b]
-        return batch.frame_sum(heads.features(features.to(torch.float64), batch.harmonics)
-                               * batch.readout)  # fmt: skip
-
-    tangents = force_sketch(batch, probe_model.probe) if probe_model.with_forces else []
-    present = [(fold, folds == fold) for fold in folds.unique().tolist()]  # (fold, its frames)
-    for b, (features, energy, forces) in enumerate(probe_model.backbone_outputs(batch.data)):
-        outputs = backbone_predictions(b, energy, forces)
-
-        def targets(kind, b=b, outputs=outputs):  # (values, [3,] heads)
-            return torch.stack(
-                [head_target(outputs, batch.data, b, l, kind, probe_model.probe.target)
-                 .to(torch.float64) for l in probe_model.targets], dim=-1)  # fmt: skip
-
-        with torch.no_grad():
-            rows = frame_features(b, features.detach()) / num_atoms
-            energy_targets = targets("energy")[:, 0] / num_atoms
+    present = [(fold, folds == fold) for fold in folds.unique().tolist() if fold >= 0]
+    for b, rows in enumerate(probe_model.least_squares_rows(data)):
         for fit in probe_model.fits:
             for fold, mine in present:
-                systems[fit][b][fold].add_energies(rows[mine], counts[mine] / num_atoms[mine],
-                                                   energy_targets[mine])  # fmt: skip
-        if not probe_model.with_forces:
+                systems[fit][b][fold].add_energies(rows.energy_rows[mine], rows.type_counts[mine],
+                                                   rows.energy_targets[mine])  # fmt: skip
+        if rows.force_rows is None:
             continue
-        # the features' derivatives along every direction, then the feature map's
-        derivatives = feature_derivatives(features, batch.pos, tangents).to(torch.float64)
-        with torch.no_grad():
-            x = features.detach().to(torch.float64)
-
-            def derivative(d, b=b, x=x):  # of the per-frame features along d
-                return torch.func.jvp(lambda z: frame_features(b, z), (x,), (d,))[1]
-
-            along_features = torch.cat(  # directions in chunks: (S, atoms, K) is large
-                [torch.func.vmap(derivative)(chunk) for chunk in derivatives.split(16)]
+        for fold, mine in present:  # the force rows are (direction, frame)
+            systems[FORCE_FIT][b][fold].add_forces(
+                rows.force_rows[:, mine].flatten(0, 1), rows.force_targets[:, mine].flatten(0, 1),
+                components=int(rows.force_components[mine].sum()),
             )
-            along = batch.frame_sum(torch.einsum("snc,nch->snh", tangents.to(torch.float64),
-                                                 targets("forces")))  # fmt: skip
-        rows, along = -along_features.flatten(0, 1), along.flatten(0, 1)  # (S x frames, ...)
-        for fold, mine in present:
-            on_rows = mine.repeat(len(tangents))  # the rows are (direction, frame)
-            systems[FORCE_FIT][b][fold].add_forces(rows[on_rows], along[on_rows],
-                                                   components=int(3 * num_atoms[mine].sum()))
-
-
-def force_sketch(batch, probe) -> torch.Tensor:
-    """``(directions, atoms, 3)``: each frame's force directions (:func:`sketch_directions`,
-    from the frame's own digest), zero past its own."""
-    pos = batch.pos
-    sizes = batch.data[AtomicDataDict.NUM_NODES_KEY].view(-1).tolist()
-    sketches = [
-        sketch_directions(len(p), probe.force_rows(len(p)), frame_digest(p, t, probe.seed))
-        for p, t in zip(pos.split(sizes), batch.types.split(sizes), strict=True)
-    ]
-    tangents = torch.zeros(max(len(v) for v in sketches), *pos.shape, dtype=torch.float64)
-    start = 0
-    for directions in sketches:
-        tangents[: len(directions), start : start + directions.shape[1]] = directions
-        start += directions.shape[1]
-    return tangents.to(device=pos.device, dtype=pos.dtype)
 
 
 def fold_of_frames(datasets, num_folds: int) -> list[torch.Tensor]:
@@ -147,19 +104,7 @@ def collect(probe_model, datasets, batch_size: int, device) -> dict:
     """``{fit: [[LeastSquaresData of each fold] of each backbone]}`` of the frames of
     ``datasets``, in ``ridge_folds`` folds of consecutive frames."""
     num_folds = probe_model.probe.ridge_folds
-    systems = {
-        fit: [
-            [
-                LeastSquaresData.empty(
-                    heads.features.num_features, probe_model.shifts[fit].shape[1],
-                    heads.num_heads, with_forces=fit == FORCE_FIT,
-                )
-                for _ in range(num_folds)
-            ]
-            for heads in probe_model.heads[fit]
-        ]
-        for fit in probe_model.fits
-    }
+    systems = empty_folds(probe_model)
     for batch, folds in _batches(datasets, batch_size, device, num_folds):
         add_least_squares(probe_model, batch, systems, folds)
     return {fit: [[fold.all_ranks() for fold in per_fold] for per_fold in per_backbone]
@@ -179,29 +124,26 @@ def solve_heads(probe_model, folds, energy_coeff, forces_coeff, alphas=ALPHAS):
         ``{"e": [{"alpha": [...], "at_edge": [...], "folds_helped": [...]} of each
         backbone], "f": ...}``
     """
-    weights = {ENERGY_FIT: (1.0, 0.0), FORCE_FIT: (energy_coeff, forces_coeff)}
+    loss_weights = {FORCE_FIT: (energy_coeff, forces_coeff)}  # the energy spectrum: energies alone
     # the control head (last) fits the common target; every other head its own target minus
     # the control's (the injected part), with a ridge strength of its own, and the control's
     # solution is added back: each head's ridge shrinks it toward the control head, so that
     # its difference from the control is exactly the ridge fit of the injected signal
-    num_heads = len(probe_model.targets)
+    num_heads = probe_model.num_heads
     relative = torch.eye(num_heads, dtype=torch.float64)
     relative[-1, :-1] = -1.0
-    # per-type intercepts for the control head and l = 0 only: the injected part of an l > 0
-    # head averages to zero over directions (as P_l does), so an intercept would fit noise
-    intercept = torch.tensor([l is None or (not isinstance(l, Null) and l == 0)
-                              for l in probe_model.targets])  # fmt: skip
     add_control = torch.linalg.inv(relative)
     chosen = {}
     for fit in probe_model.fits:
         chosen[fit] = []
-        for b, heads in enumerate(probe_model.heads[fit]):
+        for b in range(len(probe_model.backbones)):
+            intercept = torch.tensor([head.intercept for head in probe_model.probe.heads(b, fit)])
             solution = {}  # weights, intercepts, alpha, at_edge, folds_helped: (..., heads)
             for group in (intercept, ~intercept):  # two designs: with and without intercepts
                 if group.any():
                     part = solve_ridge(
                         [fold.with_targets(relative[:, group]) for fold in folds[fit][b]],
-                        *weights[fit],
+                        *loss_weights.get(fit, (1.0, 0.0)),
                         alphas,
                         intercept=bool(intercept[group][0]),
                     )
@@ -210,66 +152,149 @@ def solve_heads(probe_model, folds, energy_coeff, forces_coeff, alphas=ALPHAS):
                         whole = solution.setdefault(name, value.new_zeros(*value.shape[:-1],
                                                                           num_heads))  # fmt: skip
                         whole[..., group] = value
-            with torch.no_grad():
-                heads.weights.copy_(solution["weights"] @ add_control)
-                heads.alpha.copy_(solution["alpha"])
-                probe_model.shifts[fit][b] = solution["intercepts"] @ add_control
+            weights, intercepts = (solution[key] @ add_control for key in ("weights", "intercepts"))
+            probe_model.load_solution(fit, b, weights, intercepts, solution["alpha"])
             chosen[fit].append({name: solution[name].tolist()
                                 for name in ("alpha", "at_edge", "folds_helped")})  # fmt: skip
     return chosen
 
 
+class ClosedFormFit:
+    """The closed form of one probe: its fitting frames' least-squares data, added batch by
+    batch as they come, then the solve.
+
+    Each frame goes to its fold (:func:`fold_of_frames` over the training and validation
+    frames), known by its identity (:func:`~nequip_spectral.report.frames.frame_id`), so
+    batches may come in any order and from any loader. With ``saved`` (a file in the run
+    directory), a solve that fails never loses the pass: the collected data are written there
+    before the error is raised, and a fit of the same probe that finds the file solves from it
+    instead of collecting again (and removes it once solved); a file from other probe
+    settings or frames is refused.
+
+    Args:
+        probe_model: the :class:`~nequip_spectral.nn.SpectralProbeModel`
+        train_datasets, val_datasets: the fitting frames
+        saved: where a failed solve leaves the collected data
+    """
+
+    def __init__(self, probe_model, train_datasets, val_datasets, saved: Path | None = None):
+        self.model, self.saved = probe_model, saved
+        self.datasets = [*train_datasets, *val_datasets]
+        self.frames = [sum(len(d) for d in split) for split in (train_datasets, val_datasets)]
+        if sum(self.frames) < 2:
+            raise SpectralProbeError(
+                "spectral_probe.ridge_folds: the closed form chooses each ridge strength on "
+                "folds of the training and validation frames, and needs at least 2 of them"
+            )
+        self.key = _collection_key(probe_model, train_datasets, val_datasets)
+        self.systems, self.loaded = empty_folds(probe_model), False
+        self._fold_of = None  # frame_id -> fold, made when first asked
+        self._seen = set()  # frames added on any rank
+        self.start = time.perf_counter()
+        if saved is not None and saved.exists():
+            stored = torch.load(saved, weights_only=False)
+            if stored["key"] != self.key:
+                raise SpectralProbeError(
+                    f"{saved} holds the closed form's normal equations of a run with other "
+                    "spectral_probe settings or frames; remove it, or run in another directory"
+                )
+            self.systems, self.loaded = stored["folds"], True
+            print(f"closed form: the collected normal equations read from {saved}", flush=True)
+
+    def folds_of(self, data) -> torch.Tensor:
+        """``(frames,)`` each frame's fold, found by its identity."""
+        if self._fold_of is None:
+            self._fold_of = {
+                frame_id(dataset[i]): int(fold)
+                for dataset, folds in zip(self.datasets, fold_of_frames(self.datasets,
+                                          self.model.probe.ridge_folds), strict=True)
+                for i, fold in enumerate(folds.tolist())
+            }  # fmt: skip
+        ids = batch_frame_ids(data).tolist()
+        unknown = [i for i in ids if i not in self._fold_of]
+        if unknown:
+            raise SpectralProbeError(
+                f"the closed form was given {len(unknown)} frame(s) that are not among the "
+                "training and validation frames it was set up with"
+            )
+        return torch.tensor([self._fold_of[i] for i in ids])
+
+    def add(self, data, folds: torch.Tensor | None = None, across_ranks: bool = False) -> None:
+        """Add a batch (nothing once read from ``saved``). ``folds``: its frames' folds, else
+        :meth:`folds_of`. ``across_ranks`` (every rank calls it at every batch, as in
+        Lightning's training loop): a frame that a rank has added already, a distributed
+        sampler's padding, is left out (on every rank but the first that had it)."""
+        if self.loaded:
+            return
+        folds = self.folds_of(data) if folds is None else folds.cpu()
+        if across_ranks:
+            rank, _ = rank_and_world()
+            new = []
+            for r, ids in enumerate(every_rank(batch_frame_ids(data).tolist())):
+                for i in ids:
+                    if r == rank:
+                        new.append(i not in self._seen)
+                    self._seen.add(i)
+            folds = torch.where(torch.tensor(new), folds, -1)
+        device = data[AtomicDataDict.POSITIONS_KEY].device
+        add_least_squares(self.model, data, self.systems, folds.to(device))
+
+    def solve(self, energy_coeff: float, forces_coeff: float) -> dict:
+        """Join every rank's data and :func:`solve_heads`; what was chosen, with timings."""
+        if not self.loaded:
+            self.systems = {fit: [[fold.all_ranks() for fold in per_fold] for per_fold in per_b]
+                            for fit, per_b in self.systems.items()}  # fmt: skip
+        collected = time.perf_counter()
+        try:
+            chosen = solve_heads(self.model, self.systems, energy_coeff, forces_coeff)
+        except Exception as error:
+            saved = self.saved
+            if saved is None or saved.exists() or rank_and_world()[0] != 0:
+                raise
+            torch.save({"key": self.key, "folds": self.systems}, saved)
+            raise RuntimeError(
+                f"the closed-form solve failed ({type(error).__name__}: {error}). The collected "
+                f"normal equations are saved in {saved}: a rerun of the same command in the "
+                "same directory solves from them without collecting again"
+            ) from error
+        if self.loaded and rank_and_world()[0] == 0:
+            self.saved.unlink()
+        return {
+            "heads": chosen,
+            "train_frames": self.frames[0],
+            "val_frames": self.frames[1],
+            "folds": sum(fold.num_frames > 0 for fold in self.systems[self.model.fits[0]][0]),
+            "seconds_collect": collected - self.start,
+            "seconds_solve": time.perf_counter() - collected,
+        }
+
+
+class ExactSolve(torch.optim.Optimizer):
+    """The closed form as the heads' optimizer, for Lightning: its one step is the exact solve
+    (``solve``, called with no arguments) of everything collected before it.
+
+    Args:
+        params: the heads' parameters
+        solve: what the step does
+    """
+
+    def __init__(self, params, solve):
+        super().__init__(params, {})
+        self._solve = solve
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        self._solve()
+
+
 def fit_closed_form(probe_model, train_datasets, val_datasets, energy_coeff, forces_coeff,
                     batch_size: int, device, saved: Path | None = None) -> dict:  # fmt: skip
-    """:func:`collect` the training and validation frames and :func:`solve_heads`; the
-    timings in the result.
-
-    With ``saved`` (a file in the run directory), a solve that fails never loses the pass:
-    the collected data are written there before the error is raised, and a rerun of the same
-    probe that finds the file solves from it instead of collecting again (and removes it
-    once solved). A file from other probe settings or frames is refused.
-    """
-    start = time.perf_counter()
-    datasets = [*train_datasets, *val_datasets]
-    if sum(len(d) for d in datasets) < 2:
-        raise SpectralProbeError(
-            "spectral_probe.ridge_folds: the closed form chooses each ridge strength on folds "
-            "of the training and validation frames, and needs at least 2 of them"
-        )
-    key = _collection_key(probe_model, train_datasets, val_datasets)
-    if saved is not None and saved.exists():
-        stored = torch.load(saved, weights_only=False)
-        if stored["key"] != key:
-            raise SpectralProbeError(
-                f"{saved} holds the closed form's normal equations of a run with other "
-                "spectral_probe settings or frames; remove it, or run in another directory"
-            )
-        folds = stored["folds"]
-        print(f"closed form: the collected normal equations read from {saved}", flush=True)
-    else:
-        folds = collect(probe_model, datasets, batch_size, device)
-    collected = time.perf_counter()
-    try:
-        chosen = solve_heads(probe_model, folds, energy_coeff, forces_coeff)
-    except Exception as error:
-        if saved is None or saved.exists() or rank_and_world()[0] != 0:
-            raise
-        torch.save({"key": key, "folds": folds}, saved)
-        raise RuntimeError(
-            f"the closed-form solve failed ({type(error).__name__}: {error}). The collected "
-            f"normal equations are saved in {saved}: a rerun of the same command in the same "
-            "directory solves from them without collecting again"
-        ) from error
-    if saved is not None and saved.exists() and rank_and_world()[0] == 0:
-        saved.unlink()
-    return {
-        "heads": chosen,
-        "train_frames": sum(len(d) for d in train_datasets),
-        "val_frames": sum(len(d) for d in val_datasets),
-        "folds": sum(fold.num_frames > 0 for fold in folds[ENERGY_FIT][0]),  # not empty
-        "seconds_collect": collected - start,
-        "seconds_solve": time.perf_counter() - collected,
-    }
+    """The closed form in one call, outside a training loop: a :class:`ClosedFormFit` given
+    every fitting frame in file order (this rank's share of the batches) and solved."""
+    fit = ClosedFormFit(probe_model, train_datasets, val_datasets, saved)
+    for batch, folds in _batches(fit.datasets, batch_size, device, probe_model.probe.ridge_folds):
+        fit.add(batch, folds)
+    return fit.solve(energy_coeff, forces_coeff)
 
 
 def _collection_key(probe_model, train_datasets, val_datasets) -> dict:
@@ -280,17 +305,23 @@ def _collection_key(probe_model, train_datasets, val_datasets) -> dict:
     return {"probe": settings, "frames": counts}
 
 
+def describe_pass(probe_model, train_frames: int, val_frames: int) -> str:
+    """The line printed before the solve: what is about to be solved."""
+    sets = " and ".join({"e": "energy", "f": "force"}[fit] for fit in probe_model.fits)
+    return (
+        f"closed form: solving {probe_model.num_heads} heads per set ({sets} spectrum) of "
+        f"{len(probe_model.backbones)} backbone(s), {probe_model.describe_features()}, on "
+        f"{train_frames} training and {val_frames} validation frames"
+    )
+
+
 def describe_solution(result: dict, probe_model) -> str:
     """What the closed form collected and chose, as printed when it is solved."""
-    heads = probe_model.heads[ENERGY_FIT][0]
     lines = [
-        f"closed form: {heads.features.num_features} features per head "
-        f"({heads.features.irreps_mix}), {result['train_frames']} training and "
-        f"{result['val_frames']} validation frames collected in {result['seconds_collect']:.1f}"
-        f" s, solved in {result['seconds_solve']:.1f} s"
+        f"closed form: {result['train_frames'] + result['val_frames']} frames collected in "
+        f"{result['seconds_collect']:.1f} s, solved in {result['seconds_solve']:.1f} s"
     ]
     folds = result["folds"]
-    ceiling = probe_model.probe.degree * probe_model.backbones[0].irreps.lmax
     for fit, per_backbone in result["heads"].items():
         for b, chosen in enumerate(per_backbone):
             alphas = " ".join(f"{a:.0e}" for a in chosen["alpha"])
@@ -298,10 +329,11 @@ def describe_solution(result: dict, probe_model) -> str:
             lines.append(f"  backbone {b}, {fit} heads: ridge strengths {alphas}{edge}, chosen "
                          f"by {folds}-fold cross-validation on consecutive frames")  # fmt: skip
             almost = [  # probed l up to d_r L (not the null heads, not the control)
-                head_name(l, fit)
-                for l, alpha, helped in zip(probe_model.targets, chosen["alpha"],
-                                            chosen["folds_helped"], strict=True)
-                if type(l) is int and l <= ceiling and math.isinf(alpha) and helped == folds - 1
+                head.name
+                for head, alpha, helped in zip(probe_model.probe.heads(b, fit), chosen["alpha"],
+                                               chosen["folds_helped"], strict=True)
+                if head.role == PROBE and head.l <= probe_model.ceiling and math.isinf(alpha)
+                and helped == folds - 1
             ]  # fmt: skip
             if almost:
                 lines.append(f"    at or below the ceiling, no feature weight (reads 0) though it "

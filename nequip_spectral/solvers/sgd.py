@@ -3,12 +3,10 @@
 The heads of a set share tensors (the head is a batch dimension of every weight) but are
 independent problems; a checkpoint chosen on their summed validation loss would give every
 head the epoch that is best on average. :class:`BestHeads` keeps, for each head, the weights of
-the epoch with its own lowest validation loss, and puts them back when training ends.
+the epoch with its own lowest validation loss, and puts them in the checkpoints.
 """
 
-import torch
-
-from .._keys import head_name
+import contextlib
 
 
 class BestHeads:
@@ -16,49 +14,49 @@ class BestHeads:
 
     Args:
         probe_model: the :class:`~nequip_spectral.nn.SpectralProbeModel`
-        loss: its ``SpectralProbeMetrics`` (the weight of each metric)
+        coeffs: ``{metric name: weight}`` of the loss (``b0_f_l4_forces_mse: 1.0``)
+        prefix: what the validation metrics' names start with (``val0_epoch/``)
     """
 
-    def __init__(self, probe_model, loss):
-        self.model = probe_model
-        self.coeffs = {name: float(entry.coeff or 0.0) for name, entry in loss.entries.items()}
-        self.best = {}  # (fit, backbone, head) -> (loss, {parameter name: slice})
+    def __init__(self, probe_model, coeffs: dict, prefix: str):
+        self.model, self.coeffs, self.prefix = probe_model, coeffs, prefix
+        self.best = {}  # (fit, backbone, head index) -> (loss, the head's weights)
 
-    def head_loss(self, metrics, fit: str, b: int, l) -> float | None:
+    def head_loss(self, metrics, head) -> float | None:
         """The head's weighted validation loss from the epoch's ``metrics`` (name -> value)."""
-        prefix = f"b{b}_{head_name(l, fit)}_"
+        mine = f"b{head.backbone}_{head.name}_"
         values = [
-            coeff * float(metrics[f"val0_epoch/{name}"])
+            coeff * float(metrics[self.prefix + name])
             for name, coeff in self.coeffs.items()
-            if name.startswith(prefix) and f"val0_epoch/{name}" in metrics
+            if name.startswith(mine) and self.prefix + name in metrics
         ]
         return sum(values) if values else None
 
     def update(self, metrics) -> None:
         """Keep every head whose validation loss this epoch is its lowest so far."""
-        for fit, per_backbone in self.model.heads.items():
-            for b, heads in enumerate(per_backbone):
-                for h, l in enumerate(self.model.targets):
-                    loss = self.head_loss(metrics, fit, b, l)
-                    key = (fit, b, h)
+        for fit in self.model.fits:
+            for b in range(len(self.model.backbones)):
+                for h, head in enumerate(self.model.probe.heads(b, fit)):
+                    loss, key = self.head_loss(metrics, head), (fit, b, h)
                     if loss is None or (key in self.best and self.best[key][0] <= loss):
                         continue
-                    slices = {name: p[h].detach().clone() for name, p in heads.named_parameters()}
-                    slices["shift"] = self.model.shifts[fit][b, :, h].detach().clone()
-                    self.best[key] = (loss, slices)
+                    self.best[key] = (loss, self.model.head_state(fit, b, h))
 
-    def restore(self) -> None:
-        """Put every head's best weights back into the model."""
-        with torch.no_grad():
-            for (fit, b, h), (_, slices) in self.best.items():
-                heads = self.model.heads[fit][b]
-                for name, parameter in heads.named_parameters():
-                    parameter[h] = slices[name]
-                self.model.shifts[fit][b, :, h] = slices["shift"]
+    @contextlib.contextmanager
+    def applied(self):
+        """Inside the block, every head has its best weights; after it, its current ones."""
+        current = {key: self.model.head_state(*key) for key in self.best}
+        for key, (_, state) in self.best.items():
+            self.model.load_head_state(*key, state)
+        try:
+            yield
+        finally:
+            for key, state in current.items():
+                self.model.load_head_state(*key, state)
 
     def state_dict(self) -> list:
         """The best epochs so far, for a checkpoint: ``[(fit, backbone, head), loss, weights]``."""
-        return [[list(key), loss, slices] for key, (loss, slices) in self.best.items()]
+        return [[list(key), loss, state] for key, (loss, state) in self.best.items()]
 
     def load_state_dict(self, state: list) -> None:
-        self.best = {tuple(key): (loss, slices) for key, loss, slices in state}
+        self.best = {tuple(key): (loss, weights) for key, loss, weights in state}

@@ -1,13 +1,15 @@
-"""Training: the probe's training module, the heads' loss and metrics, the SpectralMetrics
-callback, and the Hydra callbacks of the example configs."""
+"""Training: the probe's training module, the heads' loss, the callback that writes the
+report, and the Hydra callbacks of the example configs."""
 
-from .callback import SpectralMetrics
 from .lightning import SpectralProbeLightningModule
-from .metrics import SpectralHeadField, SpectralProbeMetrics
+from .loss import SpectralHeadField, SpectralProbeLoss, SpectralProbeMetrics
+from .report_writer import SpectralMetrics, SpectralReportWriter
 
 __all__ = [
     "SpectralHeadField",
     "SpectralMetrics",
     "SpectralProbeLightningModule",
+    "SpectralProbeLoss",
     "SpectralProbeMetrics",
+    "SpectralReportWriter",
 ]

@@ -15,20 +15,26 @@ from helpers import (
     irreps_up_to,
     random_system,
 )
+from nequip.data import AtomicDataDict
 
-from nequip_spectral._keys import ENERGY_FIT, FORCE_FIT
 from nequip_spectral.config import SpectralProbeError
+from nequip_spectral.heads import ENERGY_FIT, FORCE_FIT
 from nequip_spectral.nn import SPNHeads
 from nequip_spectral.nn.polynomial import PolynomialFeatures
 from nequip_spectral.solvers import closed_form
-from nequip_spectral.solvers.closed_form import collect, fit_closed_form, solve_heads
+from nequip_spectral.solvers.closed_form import (
+    ClosedFormFit,
+    collect,
+    fit_closed_form,
+    solve_heads,
+)
 from nequip_spectral.theory.ridge import (
     ALPHAS,
     LeastSquaresData,
     sketch_directions,
     solve_ridge,
 )
-from nequip_spectral.train import SpectralProbeMetrics
+from nequip_spectral.train import SpectralProbeLoss
 
 
 @pytest.mark.parametrize("L, degree", [(1, 1), (2, 1), (1, 2), (2, 2), (1, 3), (2, 3)])
@@ -179,7 +185,7 @@ def test_solved_heads_minimize_the_probes_own_loss(solved, aspirin_atoms):
     components = [float(fold.force_components) for fold in folds[FORCE_FIT][0]]
     assert components == [n * 3 * 21 for n in (2, 2, 1, 2, 1)]  # every component
     solve_heads(model.model, folds, 1.0, 1.0, alphas=[1e-10])
-    loss = SpectralProbeMetrics(probe, type_names=TYPE_NAMES)
+    loss = SpectralProbeLoss(probe, type_names=TYPE_NAMES)
     batch = aspirin_batch(aspirin_atoms[:8], probe)
     model.train()
 
@@ -249,6 +255,38 @@ def test_two_ddp_processes_equal_one(tmp_path):
     assert torch.allclose(intercepts, single.intercepts, rtol=1e-10, atol=1e-12)
 
 
+def _padded_worker(rank, world, init_method, probe, atoms, results):
+    from nequip.utils.global_state import set_global_state
+
+    set_global_state()  # (a spawned process starts bare)
+    torch.distributed.init_process_group(
+        "gloo", init_method=init_method, rank=rank, world_size=world
+    )
+    model = build(probe).model
+    frames = aspirin_frames(atoms, probe)
+    fit = ClosedFormFit(model, [frames], [])
+    for i in ([0, 2, 4], [1, 3, 0])[rank]:  # 5 frames on 2 ranks, as a DistributedSampler pads
+        fit.add(AtomicDataDict.batched_from_list([frames[i]]), across_ranks=True)
+    fit.solve(1.0, 1.0)
+    if rank == 0:
+        results.put({k: v.numpy() for k, v in model.state_dict().items()})
+    torch.distributed.destroy_process_group()
+
+
+def test_a_frame_that_two_ranks_get_counts_once(tiny_backbone, aspirin_atoms, tmp_path):
+    """Lightning's distributed sampler pads the ranks' shares with repeated frames: the closed
+    form's training batches count each frame once, as one process does."""
+    probe = {"backbones": [tiny_backbone["ckpt"]], "l_values": [1, 4]}
+    model = build(probe).model
+    fit_closed_form(model, [aspirin_frames(aspirin_atoms[:5], probe)], [], 1.0, 1.0, 1, "cpu")
+    results = mp.get_context("spawn").Queue()
+    mp.start_processes(_padded_worker, args=(2, file_rendezvous(tmp_path), probe,
+                       aspirin_atoms[:5], results), nprocs=2, start_method="spawn")  # fmt: skip
+    two = results.get(timeout=60)
+    for key, value in model.state_dict().items():
+        assert np.allclose(two[key], value.numpy(), rtol=1e-10, atol=1e-12, equal_nan=True), key
+
+
 def test_a_head_differs_from_the_control_by_the_ridge_fit_of_its_injection(solved):
     """Above the ceiling a head cannot see the injection; it must not be penalized away from
     the control's fit of the backbone's own error either (that would make rho negative). Its
@@ -257,7 +295,7 @@ def test_a_head_differs_from_the_control_by_the_ridge_fit_of_its_injection(solve
     solve_heads(model.model, folds, 1.0, 1.0)
     heads, shifts = model.model.heads[FORCE_FIT][0], model.model.shifts[FORCE_FIT][0]
     for h, alpha in enumerate(heads.alpha[:-1].tolist()):  # every head but the control
-        injected = torch.zeros(len(model.model.targets), 1, dtype=torch.float64)  # t_h - t_none
+        injected = torch.zeros(model.model.num_heads, 1, dtype=torch.float64)  # t_h - t_none
         injected[h], injected[-1] = 1.0, -1.0
         alone = solve_ridge([fold.with_targets(injected) for fold in folds[FORCE_FIT][0]],
                             1.0, 1.0, alphas=[alpha], intercept=False)  # fmt: skip
@@ -308,7 +346,8 @@ def test_a_failed_solve_keeps_the_pass_and_a_rerun_solves_from_it(
         fit_closed_form(model, *fewer, 1.0, 1.0, 4, "cpu", saved=saved)
 
     with monkeypatch.context() as patch:
-        patch.setattr(closed_form, "collect", lambda *args: pytest.fail("collected again"))
+        patch.setattr(closed_form, "add_least_squares",
+                      lambda *args: pytest.fail("collected again"))  # fmt: skip
         fit_closed_form(model, *splits(probe), 1.0, 1.0, 4, "cpu", saved=saved)
     assert not saved.exists()  # solved: removed
     fresh = build(probe).model

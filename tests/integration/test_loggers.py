@@ -24,6 +24,6 @@ def test_a_csv_logger_gets_every_reading_of_the_spectrum(tiny_backbone, tiny_asp
     for l in L_VALUES:
         for name in ("rho_forces", "rho_energy", "R2_inj_forces", "rho_recovered_energy"):
             assert math.isfinite(logged[f"spectral/{name}/l{l}"]), (name, l)
-        assert f"spectral/alpha_e/b0/l{l}" in logged
-        assert (f"spectral/alpha_e/b0/null{l}" in logged) == (l > 0)  # s_0 has no direction
+        assert f"spectral/alpha/b0/e_l{l}" in logged
+        assert (f"spectral/alpha/b0/e_null{l}" in logged) == (l > 0)  # s_0 has no direction
     assert logged["spectral/delta_low"] <= logged["spectral/delta"] <= logged["spectral/delta_high"]

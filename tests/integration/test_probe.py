@@ -14,21 +14,14 @@ from helpers import (
 from nequip.data import AtomicDataDict
 from nequip.utils.test import assert_AtomicData_equivariant
 
-from nequip_spectral._keys import (
-    ENERGY_FIT,
-    FORCE_FIT,
-    backbone_energy_key,
-    backbone_forces_key,
-    head_energy_key,
-    head_forces_key,
-    head_name,
-)
+from nequip_spectral._keys import backbone_energy_key, backbone_forces_key
 from nequip_spectral.config import SpectralProbeError
 from nequip_spectral.data import BUNDLED_ASPIRIN
+from nequip_spectral.heads import CONTROL, ENERGY_FIT, FORCE_FIT, Head
 from nequip_spectral.model import FrozenBackboneSPN
 from nequip_spectral.nn import SPNHeads
 from nequip_spectral.nn.polynomial import LinearHeads
-from nequip_spectral.train import SpectralProbeMetrics
+from nequip_spectral.train import SpectralProbeLoss
 
 
 @pytest.mark.parametrize(
@@ -172,7 +165,7 @@ class TappedFeatures(torch.nn.Module):
 
 
 def test_tapped_features_are_equivariant_of_degree_L(any_probe, aspirin_atoms):
-    from nequip_spectral.model.frozen_spn import load_frozen_backbone
+    from nequip_spectral.nn.tap import load_frozen_backbone
 
     backbone = load_frozen_backbone(any_probe["backbones"][0])
     assert backbone.irreps.lmax == 2
@@ -185,7 +178,7 @@ def test_tapped_features_are_equivariant_of_degree_L(any_probe, aspirin_atoms):
 @pytest.mark.parametrize("solver", ["sgd", "closed_form"])
 def test_heads_on_real_tapped_features_have_degree_dL(any_probe, aspirin_atoms, solver):
     """The degree bound on each architecture's own tapped features, not random ones."""
-    from nequip_spectral.model.frozen_spn import load_frozen_backbone
+    from nequip_spectral.nn.tap import load_frozen_backbone
 
     torch.manual_seed(3)
     backbone = load_frozen_backbone(any_probe["backbones"][0])
@@ -213,8 +206,9 @@ def test_head_forces_are_exact_gradients(any_probe, aspirin_atoms):
     model = build(any_probe)
     model.eval()
     data = aspirin_batch(aspirin_atoms[:1], any_probe)
-    key = head_energy_key(0, head_name(4, FORCE_FIT))
-    forces = model(data)[head_forces_key(0, head_name(4, FORCE_FIT))].detach()
+    head = Head(0, FORCE_FIT, 4)
+    key = head.output_key("energy")
+    forces = model(data)[head.output_key("forces")].detach()
     h = 1e-5
     for atom, axis in [(0, 0), (7, 1), (12, 2)]:
         energies = []
@@ -232,7 +226,7 @@ def test_loss_gradient_of_the_heads_is_exact(any_probe, aspirin_atoms):
     model = build(any_probe)
     model.train()
     batch = aspirin_batch(aspirin_atoms[:2], any_probe)
-    loss = SpectralProbeMetrics(any_probe, type_names=TYPE_NAMES)
+    loss = SpectralProbeLoss(any_probe, type_names=TYPE_NAMES)
 
     def value():
         return loss(model(batch), batch)["weighted_sum"]
@@ -258,8 +252,8 @@ def test_feature_derivatives_equal_finite_differences(any_probe, aspirin_atoms, 
     """The closed form's force rows and the force heads' backward read the tapped features'
     Jacobian-vector products; one direction a backward pass (the CPU's default) and vmapped
     chunks of directions (elsewhere) must both be the derivative along each direction."""
-    from nequip_spectral.model.frozen_spn import load_frozen_backbone
     from nequip_spectral.nn import probe as probe_module
+    from nequip_spectral.nn.tap import load_frozen_backbone
 
     backbone = load_frozen_backbone(any_probe["backbones"][0])
     data = aspirin_batch(aspirin_atoms[:2], any_probe)
@@ -275,8 +269,9 @@ def test_feature_derivatives_equal_finite_differences(any_probe, aspirin_atoms, 
     moving = pos.detach().requires_grad_()
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(probe_module, "JVP_CHUNK", 2)  # several chunks, the last one short
-        patch.setattr(probe_module, "BATCHED_JVP", batched)
-        derivatives = probe_module.feature_derivatives(features_at(moving), moving, tangents)
+        derivatives = probe_module.feature_derivatives(
+            features_at(moving), moving, tangents, batched=batched
+        )
     h = 1e-6
     with torch.no_grad():
         for tangent, derivative in zip(tangents, derivatives, strict=True):
@@ -292,7 +287,7 @@ def test_backbone_frozen_and_outside_the_optimizer(any_probe, aspirin_atoms):
     assert not any(id(p) in backbone_ids for p in model.parameters())
     assert not any(p.requires_grad for p in backbone.parameters())
 
-    loss = SpectralProbeMetrics(any_probe, type_names=TYPE_NAMES)
+    loss = SpectralProbeLoss(any_probe, type_names=TYPE_NAMES)
     optimizer = torch.optim.Adam(model.parameters(), lr=0.05)
     heads_before = [p.clone() for p in model.parameters()]
     model.train()
@@ -314,8 +309,8 @@ def test_checkpoint_and_package_give_the_same_probe(architecture, aspirin_atoms)
     from_package = {**from_ckpt, "backbones": [architecture["package"]]}
     batch = aspirin_batch(aspirin_atoms[:2], from_ckpt)
     a, b = build(from_ckpt)(batch), build(from_package)(batch)
-    name = head_name(2, FORCE_FIT)
-    for key in (head_energy_key(0, name), head_forces_key(0, name), "spn_backbone_energy_b0"):
+    head = Head(0, FORCE_FIT, 2)
+    for key in (head.output_key("energy"), head.output_key("forces"), "spn_backbone_energy_b0"):
         assert torch.allclose(a[key], b[key], atol=1e-10), key
 
 
@@ -323,8 +318,8 @@ def test_two_backbones_get_their_own_heads(tiny_backbone, aspirin_atoms):
     probe = {"backbones": [tiny_backbone["ckpt"], tiny_backbone["package"]], "l_values": [3]}
     out = build(probe)(aspirin_batch(aspirin_atoms[:2], probe))
     for fit in (ENERGY_FIT, FORCE_FIT):
-        assert head_energy_key(1, head_name(3, fit)) in out
-        assert head_energy_key(1, head_name(None, fit)) in out
+        assert Head(1, fit, 3).output_key("energy") in out
+        assert Head(1, fit, None, CONTROL).output_key("energy") in out
 
 
 def test_each_backbones_heads_are_solved_on_and_read_its_own_features(tiny_backbone):
@@ -354,9 +349,9 @@ def test_each_backbones_heads_are_solved_on_and_read_its_own_features(tiny_backb
         assert not torch.allclose(heads_0.weights, heads_1.weights), fit
 
     batch = aspirin_batch(ase.io.read(BUNDLED_ASPIRIN, index="20:22"), probe)
-    keys = {b: [key(b, head_name(l, fit)) for l in (2, 4) for fit in (ENERGY_FIT, FORCE_FIT)
-                for key in (head_energy_key, head_forces_key)
-                if fit == FORCE_FIT or key is head_energy_key] for b in (0, 1)}  # fmt: skip
+    keys = {b: [Head(b, fit, l).output_key(kind) for l in (2, 4)
+                for fit in (ENERGY_FIT, FORCE_FIT) for kind in ("energy", "forces")
+                if fit == FORCE_FIT or kind == "energy"] for b in (0, 1)}  # fmt: skip
 
     def outputs():
         out = model(batch)
@@ -397,7 +392,7 @@ def test_backbone_without_equivariant_features_is_refused():
     """A NequIP l_max = 0 model has only scalar node features: nothing of degree l > 0 to tap."""
     from nequip.model import NequIPGNNModel
 
-    from nequip_spectral.model import freeze_and_tap
+    from nequip_spectral.nn.tap import freeze_and_tap
 
     scalars_only = NequIPGNNModel(
         seed=0, model_dtype="float32", type_names=TYPE_NAMES, r_max=5.0, l_max=0, num_layers=2,
@@ -420,7 +415,7 @@ def test_nequip_and_allegro_backbones_of_one_degree_are_probed_together(
     assert [b.irreps.lmax for b in model.model.backbones] == [2, 2]
     out = model(aspirin_batch(aspirin_atoms[:1], probe))
     for b in (0, 1):
-        assert out[head_forces_key(b, head_name(4, FORCE_FIT))].abs().max() > 0
+        assert out[Head(b, FORCE_FIT, 4).output_key("forces")].abs().max() > 0
 
 
 def test_energy_spectrum_alone_caches_features_and_matches_the_full_path(probe, aspirin_atoms):
@@ -449,13 +444,13 @@ def test_energy_spectrum_alone_caches_features_and_matches_the_full_path(probe, 
     # later epochs: the backbone is not run again, and training still reaches the heads only
     backbone = fast.model.backbones[0]
     object.__setattr__(backbone, "tap", None)  # any call would fail
-    loss = SpectralProbeMetrics({**probe, "force_spectrum": False}, type_names=TYPE_NAMES)
+    loss = SpectralProbeLoss({**probe, "force_spectrum": False}, type_names=TYPE_NAMES)
     assert not any("forces" in name for name in loss.entries)
     again = fast(batch)
     loss(again, batch)["weighted_sum"].backward()
     assert all(p.grad is not None for p in fast.parameters())
     assert not any(p.grad is not None for p in backbone.model.parameters())
-    key = head_energy_key(0, head_name(4, ENERGY_FIT))
+    key = Head(0, ENERGY_FIT, 4).output_key("energy")
     assert torch.equal(again[key], first[key])
     assert fast.model.cache_bytes == cache_size
 
@@ -466,15 +461,13 @@ def test_injected_target_needs_no_backbone_prediction(probe, aspirin_atoms):
     batch = aspirin_batch(aspirin_atoms[:2], injected)
     out = model.train()(batch)
     assert "spn_backbone_energy_b0" not in out and model.model.cache_bytes > 0
-    loss = SpectralProbeMetrics(injected, type_names=TYPE_NAMES)
+    loss = SpectralProbeLoss(injected, type_names=TYPE_NAMES)
     assert torch.isfinite(loss(out, batch)["weighted_sum"])
 
 
 def test_residual_targets_keep_float64_at_rmd17_energy_scales(tiny_backbone, aspirin_atoms):
     """Energies near -17,600 eV (rMD17's aspirin): the targets are formed before any cast
     to the heads' float32, so they equal the same targets without the offset to 1e-9 eV."""
-    from nequip_spectral.targets import head_target
-
     probe = {"backbones": [tiny_backbone["ckpt"]], "l_values": [4]}
     per_atom = -17_600.0 / 21
     batch = aspirin_batch(aspirin_atoms[:2], probe)
@@ -489,7 +482,7 @@ def test_residual_targets_keep_float64_at_rmd17_energy_scales(tiny_backbone, asp
         data["total_energy"] = batch["total_energy"] + offset * 21
         out = model(data)
         assert out[backbone_energy_key(0)].dtype == torch.float64
-        return head_target(out, data, 0, 4, "energy", "residual")
+        return Head(0, ENERGY_FIT, 4).target(out, data, "energy", "residual")
 
     shifted, reference = targets(per_atom), targets(0.0)
     assert shifted.dtype == torch.float64
@@ -518,8 +511,9 @@ def test_each_sgd_head_keeps_its_own_best_epoch(probe):
     from nequip_spectral.solvers.sgd import BestHeads
 
     model = build(probe).model
-    loss = SpectralProbeMetrics(probe, type_names=TYPE_NAMES)
-    best = BestHeads(model, loss)
+    loss = SpectralProbeLoss(probe, type_names=TYPE_NAMES)
+    coeffs = {name: float(entry.coeff or 0.0) for name, entry in loss.entries.items()}
+    best = BestHeads(model, coeffs, "val0_epoch/")
 
     def epoch(losses):  # every metric of head h of every set: losses[h]
         return {f"val0_epoch/{name}": losses[int(name.split("_")[2] != "l1")
@@ -537,10 +531,13 @@ def test_each_sgd_head_keeps_its_own_best_epoch(probe):
     with torch.no_grad():
         for parameter in heads.parameters():
             parameter += 1.0
-    best.restore()
-    for parameter, a, b in zip(heads.parameters(), first, second, strict=True):
-        assert torch.equal(parameter[0], b[0])  # l = 1: the second epoch
-        assert torch.equal(parameter[1:], a[1:])  # l = 4, 5 and the control: the first
+    third = [p.detach().clone() for p in heads.parameters()]
+    with best.applied():
+        for parameter, a, b in zip(heads.parameters(), first, second, strict=True):
+            assert torch.equal(parameter[0], b[0])  # l = 1: the second epoch
+            assert torch.equal(parameter[1:], a[1:])  # l = 4, 5 and the control: the first
+    for parameter, c in zip(heads.parameters(), third, strict=True):  # then the current ones
+        assert torch.equal(parameter, c)
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
@@ -560,7 +557,7 @@ def test_probe_and_its_report_sums_run_on_cuda(probe, aspirin_atoms):
         assert all(t.device.type == "cpu" for t in model.model._cache._values.values())
         if solver == "closed_form":
             data = collect(model.model, [aspirin_frames(aspirin_atoms[:2], setup)], 2, "cuda")
-            assert data[FORCE_FIT][0].force_gram.device.type == "cpu"
+            assert all(fold.force_gram.device.type == "cpu" for fold in data[FORCE_FIT][0])
 
 
 def test_backbones_that_do_not_fit_the_data_are_refused(probe):
@@ -597,4 +594,4 @@ def test_marked_centers_reach_the_probe_through_nequips_graph_model(tiny_backbon
     out = model(batch)
     readout = model.model.read(batch, torch.float64).readout.view(-1).bool()
     assert torch.equal(readout, marked) and 0 < int(marked.sum()) < len(marked)
-    assert torch.isfinite(out[head_energy_key(0, head_name(1, ENERGY_FIT))]).all()
+    assert torch.isfinite(out[Head(0, ENERGY_FIT, 1).output_key("energy")]).all()

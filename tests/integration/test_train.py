@@ -3,6 +3,7 @@
 import csv
 import json
 import math
+import re
 import subprocess
 
 import ase.io
@@ -145,6 +146,36 @@ def heads_only(checkpoint_path):
     assert weights
     assert all(".heads." in k or ".shifts." in k or "center_types" in k for k in weights)
     return checkpoint
+
+
+def test_the_closed_form_pass_is_an_epoch_with_progress_validation_and_checkpoints(
+    tiny_backbone, tiny_aspirin, tmp_path
+):
+    """The closed form as Lightning's own epoch: the progress bar counts the pass's batches
+    (done / total) before the solve line, the solved heads are validated (a checkpoint that
+    monitors the validation loss finds it) and ``ModelCheckpoint`` writes best and last
+    itself, after the one step that is the solve."""
+    run_dir = tmp_path / "run"
+    command = [
+        "nequip-train", "-cp", str(CONFIGS), "-cn", "aspirin_probe.yaml",
+        f"hydra.run.dir={run_dir}", *probe_overrides(tiny_backbone["ckpt"], tiny_aspirin),
+        "run=[train]", "data.train_dataloader.batch_size=7",
+        "++trainer.callbacks.0.monitor=val0_epoch/weighted_sum",
+    ]  # fmt: skip
+    result = subprocess.run(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    assert result.returncode == 0, result.stdout[-3000:]
+    output = result.stdout
+    solve_line = output.index("closed form: solving")
+    done = [(int(a), int(b)) for a, b in re.findall(r"Epoch 0:\s+\d+%\|[^|]*\|\s*(\d+)/(\d+)",
+                                                    output[:solve_line])]  # fmt: skip
+    assert (1, 4) in done and all(total == 4 for _, total in done)  # 28 frames, 7 a batch
+    assert "closed form: 32 frames collected in" in output[solve_line:]
+    best = torch.load(run_dir / "best.ckpt", map_location="cpu", weights_only=False)
+    assert best["global_step"] == 1  # one step: the solve
+    state = next(v for k, v in best["callbacks"].items() if k.startswith("ModelCheckpoint"))
+    assert state["best_model_path"] == str(run_dir / "best.ckpt")
+    assert math.isfinite(float(state["best_model_score"]))  # the solved heads' val loss
+    assert (run_dir / "last.ckpt").exists()
 
 
 def test_closed_form_checkpoint_holds_the_solved_heads_only(probe_run):
@@ -293,6 +324,7 @@ def bad_data_file(case, tiny_aspirin, directory):
         ("neighbor_symbol", "spectral_probe.neighbors: 'Xx' is not a chemical symbol"),
         ("missing_data", "data.split_dataset.file_path: no file"),
         ("existing_run", "already holds"),
+        ("closed_form_epochs", "trainer.max_epochs: spectral_probe.solver: closed_form fits"),
     ],
 )
 def test_bad_input_stops_before_training(
@@ -326,6 +358,7 @@ def test_bad_input_stops_before_training(
         "neighbor_symbol": ["spectral_probe.neighbors=[Xx]"],
         "missing_data": [f"dataset_file={tmp_path / 'missing.extxyz'}"],
         "existing_run": [],
+        "closed_form_epochs": ["trainer.max_epochs=3"],
     }[case]
     if case in bad_frame:
         extra.append(f"dataset_file={bad_frame[case][1]}")

@@ -7,7 +7,7 @@ import torch
 
 from nequip_spectral._keys import MARKED_DIRECTION_KEY, injected_energy_key, injected_forces_key
 from nequip_spectral.data import BUNDLED_ASPIRIN
-from nequip_spectral.data.aspirin import generate_aspirin, gfn2_calculator
+from nequip_spectral.generators.aspirin import generate_aspirin, gfn2_calculator
 
 
 def _importable(name: str) -> bool:

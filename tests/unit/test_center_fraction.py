@@ -17,8 +17,11 @@ from nequip_spectral._keys import (
     injected_forces_key,
 )
 from nequip_spectral.config import SpectralProbeConfig, SpectralProbeError
-from nequip_spectral.data import SpectralInjection, frames_from_ase, generate_material
-from nequip_spectral.nn.probe import FrozenBackbone, SpectralProbeModel
+from nequip_spectral.data import SpectralInjection, frames_from_ase
+from nequip_spectral.generators import generate_material
+from nequip_spectral.heads import FORCE_FIT, Head
+from nequip_spectral.nn.probe import SpectralProbeModel
+from nequip_spectral.nn.tap import FrozenBackbone
 
 L_ALL = list(range(6))
 ODD = [1, 3, 5]
@@ -242,8 +245,7 @@ def cubic_site_probe():
     (products of two ``l > 0`` channels), zero on the others."""
     from nequip.model import NequIPGNNModel
 
-    from nequip_spectral._keys import FORCE_FIT
-    from nequip_spectral.model.frozen_spn import freeze_and_tap
+    from nequip_spectral.nn.tap import freeze_and_tap
 
     backbone = NequIPGNNModel(
         seed=0, model_dtype="float64", type_names=["Cu"], r_max=R_MAX, l_max=2, num_layers=2,
@@ -275,8 +277,7 @@ def test_cubic_sites_hold_no_force_above_L_at_the_ideal_lattice(cubic_site_probe
 
     Mutation tried: the fcc cell's positions rattled by 0.05 A (fails).
     """
-    from nequip_spectral._keys import FORCE_FIT, head_forces_key, head_name
-    from nequip_spectral.data.materials import material_supercell
+    from nequip_spectral.generators.materials import material_supercell
 
     model, probe = cubic_site_probe
     mapper = ChemicalSpeciesToAtomTypeMapper(
@@ -287,7 +288,7 @@ def test_cubic_sites_hold_no_force_above_L_at_the_ideal_lattice(cubic_site_probe
     def largest_forces(atoms):  # the largest head and injected force component, l = 3, 4
         (data,) = frames_from_ase([atoms], transforms)
         out = model(AtomicDataDict.batched_from_list([data]))
-        head = [out[head_forces_key(0, head_name(l, FORCE_FIT))].abs().max() for l in (3, 4)]
+        head = [out[Head(0, FORCE_FIT, l).output_key("forces")].abs().max() for l in (3, 4)]
         injected = [data[injected_forces_key(l)].abs().max() for l in (3, 4)]
         return torch.stack(head), torch.stack(injected)
 

@@ -106,12 +106,11 @@ def test_a_compiled_backbone_is_refused_with_what_to_give_instead(name):
 
 def test_the_closed_form_has_a_null_head_for_every_l_but_0():
     """``s_0`` is the same along every direction: a null head at ``l = 0`` would recover it."""
-    from nequip_spectral._keys import Null
-
     closed = SpectralProbeConfig(backbones=("a.ckpt",), l_values=(0, 2, 5))
-    assert closed.heads == [0, 2, 5, Null(2), Null(5), None]
+    names = ["f_l0", "f_l2", "f_l5", "f_null2", "f_null5", "f_none"]
+    assert [head.name for head in closed.heads(0, "f")] == names
     sgd = SpectralProbeConfig(backbones=("a.ckpt",), l_values=(0, 2, 5), solver="sgd")
-    assert sgd.heads == [0, 2, 5, None]
+    assert [head.name for head in sgd.heads(1, "e")] == ["e_l0", "e_l2", "e_l5", "e_none"]
 
 
 def test_auto_force_rows_are_every_component_for_small_frames_and_bounded_beyond():
@@ -134,3 +133,15 @@ def test_a_retired_option_is_ignored_with_a_warning():
     with pytest.warns(UserWarning, match=r"ridge_selection is no longer used.*ridge_folds"):
         probe = SpectralProbeConfig.from_block({"ridge_selection": "leave_one_out"})
     assert probe.ridge_folds == 5
+
+
+def test_the_block_is_parsed_and_checked_once_for_every_component():
+    """The transform, the model, the loss and the callback each get ``${spectral_probe}``: the
+    same block (a dict or an OmegaConf node, keys in any order) gives the same object."""
+    from omegaconf import OmegaConf
+
+    block = {"backbones": ["a.ckpt"], "l_values": [1, 4], "seed": 3}
+    one = SpectralProbeConfig.from_block(block)
+    assert SpectralProbeConfig.from_block(OmegaConf.create(block)) is one
+    assert SpectralProbeConfig.from_block(dict(reversed(block.items()))) is one
+    assert SpectralProbeConfig.from_block({**block, "l_values": [1, 5]}).l_values == (1, 5)

@@ -148,7 +148,7 @@ def test_preview_takes_a_one_element_system_with_a_center_fraction(tmp_path, cap
     """Cu centers and Cu neighbors: refused without ``--center-fraction``, previewed with it,
     odd ``l`` included."""
     from nequip_spectral.config import SpectralProbeError
-    from nequip_spectral.data.materials import generate_material
+    from nequip_spectral.generators.materials import generate_material
 
     path = tmp_path / "cu.extxyz"
     ase.io.write(path, generate_material("Cu", 3, size=2, equilibration_steps=20))
@@ -172,7 +172,7 @@ def test_preview_reference_gives_the_force_at_the_sites(tmp_path, capsys):
 
     Mutation tried: the reference's own centers and direction, not the frame's (fails).
     """
-    from nequip_spectral.data.materials import generate_material, material_supercell
+    from nequip_spectral.generators.materials import generate_material, material_supercell
 
     frames = generate_material("Cu3Au", 2, size=1, equilibration_steps=20, stride=5)
     data, itself, crystal = (tmp_path / name for name in ("a.extxyz", "b.extxyz", "c.extxyz"))

@@ -12,7 +12,8 @@ from nequip.data import from_ase
 from nequip.data.transforms import NeighborListTransform
 
 from nequip_spectral._keys import injected_energy_key, injected_forces_key
-from nequip_spectral.data import SpectralInjection, generate_material
+from nequip_spectral.data import SpectralInjection
+from nequip_spectral.generators import generate_material
 from nequip_spectral.scripts.make_data import make_material
 
 L_ALL = list(range(6))
@@ -103,7 +104,7 @@ def test_hcp_stacking_is_at_rest_with_twelve_neighbors_and_no_inversion():
     from ase.neighborlist import neighbor_list
     from e3nn import o3
 
-    from nequip_spectral.data.materials import lattice_constant, material_supercell
+    from nequip_spectral.generators.materials import lattice_constant, material_supercell
 
     crystal = material_supercell("Cu", 2, "hcp")
     a = lattice_constant("Cu", "hcp")
@@ -138,7 +139,7 @@ def test_vacancies_remove_atoms_drawn_from_the_seed():
 
     Mutation tried: the removed atoms drawn from an unseeded generator (fails on the seed).
     """
-    from nequip_spectral.data.materials import material_supercell
+    from nequip_spectral.generators.materials import material_supercell
 
     def removed(seed):
         frame = generate_material("Cu", 1, size=2, seed=seed, vacancies=2,
@@ -162,7 +163,7 @@ def test_vacancies_remove_atoms_drawn_from_the_seed():
 
 
 def _hcp_cell_energy(a):
-    from nequip_spectral.data.materials import _unit_cell
+    from nequip_spectral.generators.materials import _unit_cell
 
     cell = _unit_cell("Cu", a, "hcp")
     cell.calc = EMT()

@@ -84,7 +84,7 @@ def _ddp_worker(rank, world_size, init_method, head_half, control_half, results)
     torch.distributed.init_process_group(
         "gloo", init_method=init_method, rank=rank, world_size=world_size
     )
-    from nequip_spectral.train.callback import gather_frames
+    from nequip_spectral.train.report_writer import gather_frames
 
     head = gather_frames(torch.as_tensor(head_half[rank]), dim=0)
     control = gather_frames(torch.as_tensor(control_half[rank]), dim=0)

@@ -21,11 +21,11 @@ from nequip.data import AtomicDataDict
 
 from nequip_spectral.config import SpectralProbeConfig
 from nequip_spectral.data import BUNDLED_ASPIRIN
+from nequip_spectral.heads import KINDS
 from nequip_spectral.model import freeze_and_tap
 from nequip_spectral.nn import SpectralProbeModel
 from nequip_spectral.report import batch_frame_sums
 from nequip_spectral.solvers.closed_form import collect, solve_heads
-from nequip_spectral.targets import KINDS
 from nequip_spectral.theory.metrics import spectrum
 
 PROBE = {"backbones": ["in-process"], "l_values": [1, 4, 5], "target": "injected", "seed": 0}

@@ -7,7 +7,7 @@ import pytest
 import torch
 from helpers import random_system, split_into_folds
 
-from nequip_spectral._keys import Null
+from nequip_spectral.config import SpectralProbeConfig
 from nequip_spectral.solvers.closed_form import describe_solution, fold_of_frames
 from nequip_spectral.theory.ridge import (
     ALPHAS,
@@ -179,13 +179,10 @@ def test_the_solve_line_names_a_head_that_helped_on_all_folds_but_one():
     folds (a signal that does not carry over to one stretch of the trajectory) is named where
     the solve is printed; above the ceiling, a null head or the control are not (noise helps
     on 4 of 5 folds often enough)."""
-    features = SimpleNamespace(num_features=10, irreps_mix="2x0e")
-    backbone = SimpleNamespace(irreps=SimpleNamespace(lmax=2))
-    model = SimpleNamespace(heads={"e": [SimpleNamespace(features=features)]},
-                            targets=[0, 2, 5, Null(2), None],  # ceiling d_r L = 2 x 2
-                            probe=SimpleNamespace(degree=2), backbones=[backbone])  # fmt: skip
-    chosen = {"alpha": [0.1, np.inf, np.inf, np.inf, np.inf], "at_edge": [False] * 5,
-              "folds_helped": [5, 4, 4, 4, 4]}  # fmt: skip
+    probe = SpectralProbeConfig(l_values=(0, 2, 5), degree=2)  # heads l0 l2 l5 null2 null5 none
+    model = SimpleNamespace(probe=probe, ceiling=4)  # d_r L = 2 x 2
+    chosen = {"alpha": [0.1, np.inf, np.inf, np.inf, np.inf, np.inf], "at_edge": [False] * 6,
+              "folds_helped": [5, 4, 4, 4, 4, 4]}  # fmt: skip
     result = {"heads": {"e": [chosen]}, "train_frames": 40, "val_frames": 10, "folds": 5,
               "seconds_collect": 1.0, "seconds_solve": 1.0}  # fmt: skip
     lines = describe_solution(result, model).splitlines()

@@ -1,36 +1,32 @@
-"""Loss and metrics of all SPN heads, as a NequIP ``MetricsManager``."""
+"""The heads' loss (and metrics): mean squared errors of every SPN head, as a NequIP
+``MetricsManager``."""
 
 from nequip.data import AtomicDataDict, BaseModifier
 from nequip.train import MeanSquaredError, MetricsManager
 
-from .._keys import ENERGY_FIT, FORCE_FIT, head_name
 from ..config import SpectralProbeConfig
-from ..targets import FIELDS, head_target
+from ..heads import ENERGY_FIT, FORCE_FIT, Head
 
 
 class SpectralHeadField(BaseModifier):
     """The ``(output, target)`` pair of one SPN head, for a ``MetricsManager`` entry.
 
     Args:
-        backbone: index of the backbone in ``spectral_probe.backbones``
-        l: the probed degree, ``Null(l)`` for its null head, or ``None`` for the control head
+        head: the :class:`~nequip_spectral.heads.Head`
         kind: ``forces`` or ``energy``
         target: ``residual`` or ``injected``
-        fit: the head's set: ``e`` (fitted to energies) or ``f`` (energies and forces)
         per_atom: divide energies by the number of atoms
     """
 
-    def __init__(self, backbone: int, l, kind: str, target: str, fit: str, per_atom=False):
-        name = head_name(l, fit)
-        super().__init__(FIELDS[kind].head(backbone, name))
-        self.backbone, self.l, self.kind, self.target, self.fit = backbone, l, kind, target, fit
+    def __init__(self, head: Head, kind: str, target: str, per_atom=False):
+        super().__init__(head.output_key(kind))
+        self.head, self.kind, self.target = head, kind, target
         self.per_atom = per_atom and kind == "energy"
-        self.name = f"b{backbone}_{name}_{'per_atom_' if self.per_atom else ''}{kind}"
+        self.name = head.metric_name(kind, self.per_atom)
 
     def __call__(self, outputs, data):
         prediction = outputs[self.field]
-        target = head_target(outputs, data, self.backbone, self.l, self.kind, self.target)
-        target = target.to(prediction.dtype)
+        target = self.head.target(outputs, data, self.kind, self.target).to(prediction.dtype)
         if self.per_atom:
             num_atoms = data[AtomicDataDict.NUM_NODES_KEY].view(-1, 1).to(prediction.dtype)
             return prediction / num_atoms, target / num_atoms
@@ -44,7 +40,7 @@ class SpectralHeadField(BaseModifier):
         return "node" if self.kind == "forces" else "graph"
 
 
-def SpectralProbeMetrics(
+def SpectralProbeLoss(
     probe,
     energy_coeff: float = 1.0,
     forces_coeff: float = 1.0,
@@ -56,7 +52,7 @@ def SpectralProbeMetrics(
     Serves as the ``loss`` and as ``val_metrics`` / ``test_metrics``. The energy spectrum's
     heads (``e``) are fitted to energies alone; the force spectrum's (``f``, with
     ``spectral_probe.force_spectrum``) to energies and forces, weighted by ``energy_coeff``
-    and ``forces_coeff`` (the closed-form solver reads these weights from here too). Entries
+    and ``forces_coeff`` (the closed-form solve is given the same weights). Entries
     are named ``b{backbone}_{head}_{kind}_mse`` (e.g. ``b0_f_l4_forces_mse``,
     ``b0_e_none_per_atom_energy_mse``). As in NequIP's ``EnergyForceLoss``, energies are per
     atom by default (per-frame energy errors would outweigh force errors by the square of the
@@ -66,7 +62,7 @@ def SpectralProbeMetrics(
 
       training_module:
         loss:
-          _target_: nequip_spectral.SpectralProbeMetrics
+          _target_: nequip_spectral.SpectralProbeLoss
           probe: ${spectral_probe}
           energy_coeff: 1.0
           forces_coeff: 1.0
@@ -84,11 +80,12 @@ def SpectralProbeMetrics(
         coeffs.update({(FORCE_FIT, "energy"): energy_coeff, (FORCE_FIT, "forces"): forces_coeff})
     metrics = []
     for backbone in range(len(probe.backbones)):
-        for l in probe.heads:
+        for l, role in probe.head_roles:
             for (fit, kind), coeff in coeffs.items():
                 if coeff == 0:
                     continue
-                field = SpectralHeadField(backbone, l, kind, probe.target, fit, per_atom_energy)
+                field = SpectralHeadField(Head(backbone, fit, l, role), kind, probe.target,
+                                          per_atom_energy)  # fmt: skip
                 metrics.append(
                     {"name": f"{field}_mse", "field": field, "coeff": coeff,
                      "metric": MeanSquaredError()}
@@ -101,8 +98,11 @@ def force_fit_weights(loss: MetricsManager) -> tuple[float, float]:
     weights = {"energy": 0.0, "forces": 0.0}
     for entry in loss.entries.values():
         field = entry.field
-        if isinstance(field, SpectralHeadField) and field.fit == FORCE_FIT:
+        if isinstance(field, SpectralHeadField) and field.head.fit == FORCE_FIT:
             weights[field.kind] = float(entry.coeff or 0.0)
     if weights == {"energy": 0.0, "forces": 0.0}:
         return 1.0, 0.0
     return weights["energy"], weights["forces"]
+
+
+SpectralProbeMetrics = SpectralProbeLoss  # its name in earlier versions' configs

@@ -1,4 +1,5 @@
-"""The synthetic 5-fold ring: labels, determinism, and the symmetry its known answers rest on."""
+"""The five-fold (C5) ring test system: labels, determinism, and the symmetry its known answers
+rest on."""
 
 import numpy as np
 import pytest
@@ -6,7 +7,7 @@ import torch
 from nequip.data import AtomicDataDict, from_ase
 from nequip.data.transforms import ChemicalSpeciesToAtomTypeMapper, NeighborListTransform
 
-from nequip_spectral.data.c5 import (
+from nequip_spectral.generators.c5_ring import (
     c5_frame,
     generate_c5,
     random_rotation,

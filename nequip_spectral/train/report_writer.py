@@ -1,4 +1,5 @@
-"""``SpectralMetrics``: the Lightning callback that turns the test set into the spectrum."""
+"""``SpectralReportWriter``: the Lightning callback that turns the test set into the spectrum
+and writes the report."""
 
 import dataclasses
 import math
@@ -11,13 +12,11 @@ from hydra.utils import instantiate
 from nequip.data import AtomicDataDict
 
 from .._distributed import every_rank
-from .._keys import ENERGY_FIT
 from .._nequip import probe_of
 from ..config import SpectralProbeConfig
 from ..report import REPORT_FILES, batch_frame_sums, build_report, format_table, write_report
 from ..report.frames import FRAMES_FILE, FrameSums, batch_frame_ids, frame_id, frame_source
 from ..report.loggers import log_report
-from ..targets import KINDS
 
 
 def gather_frames(tensor: torch.Tensor, dim: int = 1) -> torch.Tensor:
@@ -59,7 +58,7 @@ def check_frames(datasets, probe: SpectralProbeConfig) -> dict:
     return dict(sources)
 
 
-class SpectralMetrics(lightning.Callback):
+class SpectralReportWriter(lightning.Callback):
     """Computes the spectrum at the end of test (the heads are fitted by
     :class:`~nequip_spectral.train.lightning.SpectralProbeLightningModule`).
 
@@ -78,7 +77,7 @@ class SpectralMetrics(lightning.Callback):
 
       trainer:
         callbacks:
-          - _target_: nequip_spectral.SpectralMetrics
+          - _target_: nequip_spectral.SpectralReportWriter
             probe: ${spectral_probe}
             output_dir: ${hydra:runtime.output_dir}
 
@@ -141,7 +140,7 @@ class SpectralMetrics(lightning.Callback):
 
     def on_test_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0):
         output = outputs[f"test_{dataloader_idx}_output"]
-        kinds = _kinds(probe_of(pl_module))
+        kinds = probe_of(pl_module).kinds
         with torch.no_grad():
             head, control = batch_frame_sums(
                 output, batch, self.probe, len(self.probe.backbones), kinds
@@ -161,8 +160,8 @@ class SpectralMetrics(lightning.Callback):
         context = {
             "probe": dataclasses.asdict(self.probe),
             "L": probe_model.backbones[0].irreps.lmax,
-            "kinds": _kinds(probe_model),
-            "head_parameters": probe_model.heads[ENERGY_FIT][0].parameters_per_head,
+            "kinds": probe_model.kinds,
+            "head_parameters": probe_model.parameters_per_head,
             "solver": _solver_summary(probe_model, atoms),
             "n_bootstrap": self.n_bootstrap,
             "block_length": self.block_length,
@@ -180,25 +179,17 @@ class SpectralMetrics(lightning.Callback):
         print(f"spectral report written to {self.output_dir}", flush=True)
 
 
-def _kinds(probe_model) -> tuple:
-    """The spectra the probe measures, forces (the primary one when there) first."""
-    return KINDS if probe_model.with_forces else ("energy",)
-
-
 def _solver_summary(probe_model, atoms: list[int]) -> dict:
     """For the report: the closed-form heads' feature count, how their ridge strengths were
     chosen and which, and the force rows a test frame (of ``atoms`` atoms) gets."""
     summary = {}
-    for fit, per_backbone in probe_model.heads.items():
-        first = per_backbone[0]
-        if hasattr(first, "alpha"):
-            summary["features"] = first.features.num_features
-            summary["mixed_irreps"] = str(first.features.irreps_mix)
-            summary["ridge_folds"] = probe_model.probe.ridge_folds
-            summary[f"alpha_{fit}"] = [  # null: infinite (the head has no feature weight)
-                [a if math.isfinite(a) else None for a in heads.alpha.tolist()]
-                for heads in per_backbone
-            ]
+    if probe_model.probe.solver == "closed_form":
+        summary["features"] = probe_model.num_features
+        summary["mixed_irreps"] = probe_model.mixed_irreps
+        summary["ridge_folds"] = probe_model.probe.ridge_folds
+        for fit in probe_model.fits:  # null: infinite (the head has no feature weight)
+            summary[f"alpha_{fit}"] = [[a if math.isfinite(a) else None for a in alphas]
+                                       for alphas in probe_model.ridge_strengths(fit)]  # fmt: skip
     if summary and probe_model.with_forces:
         rows = [probe_model.probe.force_rows(n) for n in atoms]
         summary["force_rows"] = {
@@ -208,3 +199,6 @@ def _solver_summary(probe_model, atoms: list[int]) -> dict:
             "all_components": all(r == 3 * n for r, n in zip(rows, atoms, strict=True)),
         }
     return summary
+
+
+SpectralMetrics = SpectralReportWriter  # its name in earlier versions' configs

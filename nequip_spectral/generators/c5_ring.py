@@ -1,4 +1,5 @@
-r"""A synthetic calibration system with known answers: a centre atom in a regular 5-fold ring.
+r"""The five-fold (C5) ring test system: a synthetic calibration with known answers, a centre
+atom in a regular 5-fold ring (``nequip-spectral-make-c5``).
 
 Each frame is a carbon atom at the origin and five hydrogens on a regular pentagon of radius
 ``R`` around it, optionally distorted, then turned by a uniformly random rotation. Two kinds of

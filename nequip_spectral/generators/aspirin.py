@@ -4,20 +4,16 @@ rMD17 cannot be downloaded here, so the project makes its own aspirin data the w
 made: Langevin dynamics at 500 K with 0.5 fs steps, an equilibration stretch first, frames
 spaced apart, energies in eV and forces in eV/A from a real electronic-structure method
 (GFN2-xTB through ``tblite``, the ``data`` extra). Deterministic for a given seed on a given
-machine. The bundled file was made with::
+machine. The bundled file (``nequip_spectral.data.BUNDLED_ASPIRIN``) was made with::
 
     OMP_NUM_THREADS=1 nequip-spectral-make-aspirin --frames 1500 --seed 0 \\
         --output nequip_spectral/data/aspirin_gfn2xtb_500K.extxyz
 """
 
-from pathlib import Path
-
 import numpy as np
 from ase import Atoms
 
 from .md import langevin_frames
-
-BUNDLED_ASPIRIN = Path(__file__).parent / "aspirin_gfn2xtb_500K.extxyz"
 
 # aspirin (C9H8O4) relaxed with GFN2-xTB, in A
 ASPIRIN_SYMBOLS = ["C"] * 6 + ["H"] * 4 + ["C", "O", "O", "H", "O", "C", "O", "C", "H", "H", "H"]
