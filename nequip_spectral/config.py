@@ -29,7 +29,7 @@ class SpectralProbeError(ValueError):
 
 _TARGETS = ("residual", "injected")
 _ACTIVATIONS = (None, "gate")
-_READOUTS = ("all", "centers")
+_READOUTS = ("auto", "all", "centers")
 _SOLVERS = ("closed_form", "sgd")
 # force_directions: auto: a frame's Jacobian-vector products touch at most this many
 # atom-directions (every component up to 32 atoms: 96 x 32), and never fewer than 8 directions
@@ -109,7 +109,8 @@ class SpectralProbeConfig:
         target: ``residual`` (frozen model's error on perturbed labels) or ``injected``
         channels: width of the SPN's linear mixes
         activation: ``null`` (exact polynomial) or ``gate``
-        readout: sum head outputs over ``all`` atoms or over the ``centers`` only
+        readout: sum head outputs over ``all`` atoms or over the ``centers`` only; ``auto``:
+          ``centers`` with ``center_fraction`` (the only readout it works with), else ``all``
         solver: ``closed_form`` (each head the exact ridge optimum of its function class) or
           ``sgd`` (heads trained by gradient descent, as in the paper)
         force_spectrum: also fit heads to energies and forces (the force spectrum); the
@@ -175,7 +176,7 @@ class SpectralProbeConfig:
     target: str = "residual"
     channels: int = 8
     activation: str | None = None
-    readout: str = "all"
+    readout: str = "auto"
     solver: str = "closed_form"
     force_spectrum: bool = True
     feature_budget: int = 8000
@@ -254,6 +255,8 @@ class SpectralProbeConfig:
                 f"must be null or a number strictly between 0 and 1 (0.5 recommended), "
                 f"got {fraction!r}",
             )
+        if self.readout == "auto":  # (a frozen dataclass: set through object)
+            object.__setattr__(self, "readout", "all" if fraction is None else "centers")
         if fraction is not None and self.readout != "centers":
             _fail(
                 "readout",
@@ -268,7 +271,7 @@ class SpectralProbeConfig:
                 f"{overlap} also appear in centers. Centers and neighbors must be disjoint: "
                 "a pair counted in both directions cancels every odd-l term of the signal. "
                 "For one-element systems set spectral_probe.center_fraction (0.5 "
-                "recommended) and spectral_probe.readout: centers: a random subset of the "
+                "recommended; readout: auto reads its centers): a random subset of the "
                 "centers of each frame is marked and the heads read those.",
             )
 

@@ -160,8 +160,9 @@ def build_report(
                     null = replicates[metric][:, k, num_l + nulls.index(int(l))]
                     row[f"null_{metric}_{kind}_ci95"] = summarize(null)["ci95"]
         row["rho_ci95"] = row[f"rho_{primary}_ci95"]
-    report["delta"] = summarize(replicates["delta"][:, 0])
-    report["rho_diff"] = summarize(replicates["rho_diff"][:, 0])
+    gain, rho = per_kind[primary]["gain"].mean(0), per_kind[primary]["rho"].mean(0)
+    for name, estimate in (("delta", gain[a] - gain[b]), ("rho_diff", rho[a] - rho[b])):
+        report[name] = {"estimate": _finite(estimate), **summarize(replicates[name][:, 0])}
     report["cliff"].update(_ratio_interval(replicates["rho_a"][:, 0], replicates["rho_b"][:, 0]))
     return report
 

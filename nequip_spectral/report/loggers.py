@@ -21,7 +21,7 @@ def report_metrics(report: dict) -> dict:
                 metrics[f"{PREFIX}/{name}/l{l}"] = value
     for name in ("delta", "rho_diff"):
         if name in report:
-            metrics[f"{PREFIX}/{name}"] = report[name]["mean"]
+            metrics[f"{PREFIX}/{name}"] = report[name].get("estimate", report[name]["mean"])
             metrics[f"{PREFIX}/{name}_low"], metrics[f"{PREFIX}/{name}_high"] = report[name][
                 "ci95"
             ]

@@ -1,6 +1,27 @@
 """The per-``l`` table printed at the end of test."""
 
+import textwrap
+
 from .build import backbone_name
+
+WIDTH = 120  # columns of the printed table
+KEY = (
+    "key: rho = heads' gain over the control per injected power; rec = rho less its chance part "
+    "(read this); null = rec of",
+    "     the null head (nothing to recover); R2inj = R^2 on the injection; ~ rec reaches into "
+    "the null floor; * chance > rec",
+)
+
+
+def number(value, width=0, digits=3) -> str:
+    """``value`` in at most 8 characters (``n/a``: undefined): large ones in powers of ten."""
+    if value is None:
+        text = "n/a"
+    elif abs(value) < 1000:
+        text = f"{value:.{digits}f}"
+    else:
+        text = f"{value:.1e}".replace("e+0", "e").replace("e+", "e")
+    return f"{text:>{width}}"
 
 
 def floor_mark(report: dict, row: dict, kind: str) -> str:
@@ -15,8 +36,7 @@ def floor_mark(report: dict, row: dict, kind: str) -> str:
     return "!" if high < floor[0] else "~" if low <= floor[1] else " "
 
 
-FLOOR_NOTES = {
-    "~": "~ rec's interval reaches into the null floor: not told apart from chance",
+FLOOR_NOTES = {  # (~ is in the key)
     "!": "! rec's interval lies below the null floor: the heads fitted something of the "
     "fitting frames that the test frames do not share (test frames from another part of the "
     "trajectory, or too few fitting frames for the features); no recovery, and not a "
@@ -27,10 +47,9 @@ FLOOR_NOTES = {
 def format_table(report: dict) -> str:
     """The per-``l`` table printed at the end of test."""
     lines = [
-        f"spectral probe: L = {report['L']}, degree d_r = {report['degree']}, predicted ceiling "
-        f"l* = {report['boundary']}; {report['n_backbones']} backbone(s), "
-        f"{report['n_test_frames']} test frames, target {report['target']}; "
-        f"rho, cliff and contrasts on {report['primary']}",
+        f"spectral probe: L = {report['L']}, d_r = {report['degree']}, ceiling d_r L = "
+        f"{report['boundary']}; {report['n_backbones']} backbone(s), {report['n_test_frames']} "
+        f"test frames, target {report['target']}; cliff on {report['primary']}",
         f"{'l':>3}" + "".join(
             f" {'rho_' + k:>9} {'95% CI':>16} {'rec_' + k:>7} {'null_' + k:>7} "
             f"{'R2inj_' + k:>8}" for k in "FE"),
@@ -43,22 +62,20 @@ def format_table(report: dict) -> str:
         lines.insert(1, f"force rows: {rows} a frame of {atoms} atoms, {how} "
                         f"(force_directions: {force_rows['setting']})")  # fmt: skip
 
-    def cell(value, width=0, digits=3):
-        return f"{'n/a':>{width}}" if value is None else f"{value:>{width}.{digits}f}"
+    cell = number
 
     def interval(bounds, width=0, digits=3):
         if bounds is None:
             return f"{'':>{width}}"
-        return f"{f'[{cell(bounds[0], 0, digits)}, {cell(bounds[1], 0, digits)}]':>{width}}"
+        low, high = (number(b, 0, digits if b is None or abs(b) < 10 else 1) for b in bounds)
+        return f"{f'[{low}, {high}]':>{width}}"
 
-    chance_marked, floor_marks = False, set()
+    floor_marks = set()
 
     def reading(row, kind):  # rho, marked * where its chance part outweighs the recovered one
-        nonlocal chance_marked
         rho, chance = row[f"rho_{kind}"], row.get(f"rho_chance_{kind}")
         part = row.get(f"rho_recovered_{kind}")
         mark = chance is not None and part is not None and abs(chance) > abs(part)
-        chance_marked |= mark
         return f"{cell(rho, 8)}{'*' if mark else ' '}"
 
     def recovered(row, kind):  # rec, marked against the null floor
@@ -76,8 +93,7 @@ def format_table(report: dict) -> str:
     if report.get("null_floor"):
         floor = report["null_floor"]
         lines.append(
-            "null floor (where 95% of readings with nothing to recover fall; from the null "
-            "heads, fitted to the signal along an unrelated direction): rec_F "
+            "null floor (95% of readings with nothing to recover, from the null heads): rec_F "
             f"{interval(floor.get('rho_recovered_forces'))}, rec_E "
             f"{interval(floor.get('rho_recovered_energy'))}"
         )
@@ -88,11 +104,6 @@ def format_table(report: dict) -> str:
             lines.append("above the ceiling (nothing to recover, by the span theorem), outside "
                          f"the null floor: {', '.join(checks)}")  # fmt: skip
     lines += [note for mark, note in FLOOR_NOTES.items() if mark in floor_marks]
-    if chance_marked:
-        lines.append(
-            "* rho's chance part (the backbone's error and the heads' fit to noise, against the "
-            "injection) outweighs its recovered part: read rec and R2_inj"
-        )
     if report["n_backbones"] > 1:
         lines.append(f"rho ({report['primary']}) per backbone:")
         for b, backbone in enumerate(report["per_backbone"]):
@@ -101,14 +112,16 @@ def format_table(report: dict) -> str:
     cliff = report["cliff"]
     if "rho_boundary" in cliff:
         ratio = cliff["ratio"]
+        if ratio is None:  # undefined: no interval to give either
+            bounds = ""
+        elif cliff["ratio_ci95"][0] is None:
+            bounds = ", 95% CI unbounded (no replicate recovers anything above)"
+        else:
+            bounds = f", 95% CI {interval(cliff['ratio_ci95'], 0, 1).replace('n/a', 'unbounded')}"
         lines.append(
             f"cliff rho({report['boundary']}) / rho({report['boundary'] + 1}) = "
             + (f"{ratio:.1f}" if ratio is not None else f"n/a ({cliff['note']})")
-            + (
-                ", 95% CI unbounded (no replicate recovers anything above)"
-                if cliff["ratio_ci95"][0] is None
-                else f", 95% CI {interval(cliff['ratio_ci95'], 0, 1).replace('n/a', 'unbounded')}"
-            )
+            + bounds
             + f"  [rho {cell(cliff['rho_boundary'])} -> {cell(cliff['rho_above'])}]"
         )
         primary, rows = report["primary"], report["per_l"]
@@ -120,15 +133,20 @@ def format_table(report: dict) -> str:
         for name in ("delta", "rho_diff"):
             stats = report[name]
             lines.append(
-                f"{name} ({report['primary']}) = {cell(stats['mean'], 0, 4)}, 95% CI "
+                f"{name} ({report['primary']}) = {cell(stats.get('estimate'), 0, 4)}, 95% CI "
                 f"{interval(stats['ci95'], 0, 4)}, fraction <= 0: {cell(stats['frac_le_0'])}"
             )
         bootstrap = report["bootstrap"]
         lines.append(
             f"bootstrap: {bootstrap['replicates']} replicates, backbones then blocks of "
-            f"{bootstrap['block_length']} test frames in {bootstrap['frame_order']} order "
+            f"{bootstrap['block_length']} test frame{'s' * (bootstrap['block_length'] != 1)} in "
+            f"{bootstrap['frame_order']} order "
             f"(block length {bootstrap['block_length_chosen_by']}; lag-1 autocorrelation of "
             f"the per-frame Delta {cell(bootstrap['lag1_autocorrelation'])})"
         )
-    return "\n".join(lines)
+    lines += KEY
+    return "\n".join(
+        textwrap.fill(line, WIDTH, subsequent_indent="    ", break_on_hyphens=False)
+        if len(line) > WIDTH else line for line in lines
+    )  # fmt: skip
 

@@ -11,7 +11,6 @@ them, then the solve, timed at full size), for energies and forces and for energ
 the cost of each extra ``l``. Prints peak memory too.
 """
 
-import argparse
 import multiprocessing
 import resource
 import sys
@@ -22,6 +21,7 @@ import torch
 
 from .. import _keys  # noqa: F401  (registers the fields before the data is read)
 from ..data import BUNDLED_ASPIRIN, SpectralInjection, frames_from_ase
+from . import command_parser
 
 TYPE_NAMES = ["C", "H", "O"]
 ALLOY_TYPES, ALLOY_PROBE = ["Au", "Cu"], {"centers": ["Au"], "neighbors": ["Cu"]}  # --cells
@@ -221,7 +221,7 @@ def _closed_form(l_values, force_spectrum, directions, batches, warmup, threads,
 
 
 def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = command_parser(__doc__)
     parser.add_argument("--batch-size", type=int, default=5, help="frames a batch (default: 5)")
     parser.add_argument("--steps", type=int, default=8,
                         help="timed batches per configuration (default: 8)")  # fmt: skip

@@ -8,7 +8,6 @@ R2_inj and rho of forces and energies per run), and one overlay plot,
 ``spectral_compare.png``, with each run's ceiling ``d_r L`` marked.
 """
 
-import argparse
 import csv
 import json
 from pathlib import Path
@@ -16,7 +15,8 @@ from pathlib import Path
 import numpy as np
 
 from ..report import REPORT_FILES
-from ..report.table import FLOOR_NOTES, floor_mark
+from ..report.table import FLOOR_NOTES, KEY, floor_mark
+from . import command_parser
 
 COLUMNS = tuple(column.format(kind) for kind in ("forces", "energy") for column in (
     "rho_recovered_{}", "rho_recovered_{}_ci95", "R2_inj_{}", "rho_{}"))  # fmt: skip
@@ -89,7 +89,7 @@ def format_comparison(reports, labels, cell: int = 9) -> str:
                  if None not in (bounds := floor.get(f"rho_recovered_{kind}") or [None])
                  for low, high in [bounds]]  # fmt: skip
         lines.append(f"null floor of {label}: {', '.join(spans) or 'none (no null heads)'}")
-    lines += [note for mark, note in FLOOR_NOTES.items() if mark in marks]
+    lines += [note for mark, note in FLOOR_NOTES.items() if mark in marks] + list(KEY)
     return "\n".join(lines)
 
 
@@ -123,16 +123,30 @@ def plot_comparison(reports, labels, path) -> None:
     plt.close(fig)
 
 
+def run_labels(run_dirs) -> list[str]:
+    """A label per run: its directory's name, or as many of its last path parts as tell it
+    apart from the others (``a/probe``, ``b/probe``)."""
+    parts = [Path(run).resolve().parts for run in run_dirs]
+    for count in range(1, max(map(len, parts)) + 1):
+        labels = ["/".join(p[-count:]) for p in parts]
+        if len(set(labels)) == len(labels):
+            return labels
+    return [f"{p[-1]} ({i})" for i, p in enumerate(parts)]  # the same run given twice
+
+
 def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
+    parser = command_parser(__doc__)
     parser.add_argument("run_dirs", nargs="+", help="probe run directories (or report files)")
-    parser.add_argument("--labels", nargs="+", help="one per run (default: directory names)")
+    parser.add_argument("--labels", nargs="+",
+                        help="one per run (default: the ends of their paths that differ)")
     parser.add_argument("--output", type=Path, default=Path("spectral-compare"),
                         help="directory for the table and plot (default: %(default)s)")
     args = parser.parse_args(argv)
-    labels = args.labels or [Path(run).name for run in args.run_dirs]
+    labels = args.labels or run_labels(args.run_dirs)
     if len(labels) != len(args.run_dirs):
         parser.error(f"--labels: {len(labels)} labels for {len(args.run_dirs)} runs")
+    if len(set(labels)) != len(labels):
+        parser.error(f"--labels: each run needs its own label, got {labels}")
     existing = [name for name in FILES if (args.output / name).exists()]
     if existing:
         parser.error(f"{args.output} already holds {existing}; choose another --output")

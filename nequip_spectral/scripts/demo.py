@@ -8,7 +8,6 @@ aspirin data, from any directory (the example configs ship with the package)::
         'spectral_probe.backbones=[OUT/backbone/best.ckpt]'
 """
 
-import argparse
 import datetime
 import os
 import subprocess
@@ -18,6 +17,7 @@ from importlib.resources import files
 from pathlib import Path
 
 from ..data import BUNDLED_ASPIRIN
+from . import command_parser
 
 CONFIGS = Path(str(files("nequip_spectral") / "example_configs"))  # (example_configs/ in a clone)
 
@@ -33,7 +33,7 @@ def _stage(title: str, command: list) -> None:
 
 
 def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = command_parser(__doc__)
     stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
     parser.add_argument("--output", type=Path, default=Path("runs") / f"demo-{stamp}",
                         help="a new directory for both runs (default: runs/demo-TIME)")  # fmt: skip
@@ -62,7 +62,8 @@ def main(argv=None) -> None:
     train = ["nequip-train", "-cp", str(CONFIGS)]
     data = f"dataset_file={BUNDLED_ASPIRIN}"  # absolute: the demo runs from any directory
     _stage(
-        f"1/2 training the example NequIP backbone (l_max = 2) for {args.backbone_epochs} epochs",
+        f"1/2 training the example NequIP backbone (l_max = 2) for {args.backbone_epochs} "
+        f"epoch{'s' * (args.backbone_epochs != 1)}",
         [*train, "-cn", "aspirin_backbone.yaml", data, f"hydra.run.dir={output / 'backbone'}",
          f"max_epochs={args.backbone_epochs}", *overrides],
     )  # fmt: skip
@@ -71,7 +72,8 @@ def main(argv=None) -> None:
     _stage(
         f"2/2 probing it: SPN heads for l = 0..7 on the frozen backbone, {spectra}, {how}",
         [*train, "-cn", "aspirin_probe.yaml", data, f"hydra.run.dir={output / 'probe'}",
-         f"max_epochs={args.probe_epochs}", f"solver={args.solver}",
+         *([f"max_epochs={args.probe_epochs}"] if args.solver == "sgd" else []),
+         f"solver={args.solver}",
          f"force_spectrum={str(not args.energy_only).lower()}",
          f"spectral_probe.force_directions={args.force_directions or 'all'}",
          f"spectral_probe.backbones=[{output / 'backbone' / 'best.ckpt'}]", *overrides],

@@ -10,7 +10,6 @@ report. ``nequip-train`` runs in the training run's working directory, so the re
 its config mean what they meant then. The training run's files are never touched.
 """
 
-import argparse
 import datetime
 import shutil
 import subprocess
@@ -18,9 +17,11 @@ import sys
 import tempfile
 from pathlib import Path
 
+import ase.io
 from omegaconf import OmegaConf
 
 from ..report import REPORT_FILES
+from . import command_parser
 
 
 def evaluation_config(run_dir: Path, dataset_file=None):
@@ -31,6 +32,13 @@ def evaluation_config(run_dir: Path, dataset_file=None):
         if not path.is_file():
             raise FileNotFoundError(f"{path} not found: is {run_dir} a nequip-train run directory?")
     config = OmegaConf.load(config_file)
+    if "spectral_probe" not in config:
+        raise ValueError(
+            f"{run_dir} is not a spectral probe run (its config has no spectral_probe: block: a "
+            "backbone's run?); give the directory of a probe run (nequip-train -cn "
+            "aspirin_probe.yaml ...)"
+        )
+    type_names = list(config.training_module.model.type_names)
     config.pop("ckpt_path", None)  # a resumed run's resume state: the test loads best.ckpt
     config.run = ["test"]
     config.training_module.model = {
@@ -41,6 +49,14 @@ def evaluation_config(run_dir: Path, dataset_file=None):
         if not Path(dataset_file).is_file():
             raise FileNotFoundError(f"--dataset-file {dataset_file} not found")
         path = str(Path(dataset_file).resolve())
+        frames = ase.io.read(path, index=":")
+        unknown = sorted({s for atoms in frames for s in atoms.get_chemical_symbols()}
+                         - set(type_names))  # fmt: skip
+        if unknown:
+            raise ValueError(
+                f"--dataset-file {dataset_file}: {unknown} not among the probe's type names "
+                f"{type_names}; test on frames of the species its backbones know"
+            )
         config.data = {
             "_target_": "nequip.data.datamodule.ASEDataModule",
             "seed": 0,
@@ -63,7 +79,7 @@ def training_directory(run_dir: Path) -> Path:
 
 
 def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = command_parser(__doc__)
     parser.add_argument("run_dir", type=Path, help="directory of a trained probe run")
     parser.add_argument("--dataset-file", help="test on all frames of this file instead")
     parser.add_argument(
@@ -77,7 +93,7 @@ def main(argv=None) -> None:
         parser.error(f"{output} exists; give a new --output directory")
     try:
         config = evaluation_config(args.run_dir, args.dataset_file)
-    except FileNotFoundError as error:
+    except (FileNotFoundError, ValueError) as error:
         parser.error(str(error))
 
     with tempfile.TemporaryDirectory() as config_dir:  # the output directory: Hydra's own

@@ -12,18 +12,11 @@ import math
 import time
 from pathlib import Path
 
-
-class _DefaultsShown(argparse.ArgumentDefaultsHelpFormatter):
-    """``--help`` shows every optional flag's default (a required flag has none)."""
-
-    def _get_help_string(self, action):
-        if action.required:
-            return action.help
-        return super()._get_help_string(action)
+from . import DefaultsShown
 
 
 def _parser(description: str, frames: int) -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=description, formatter_class=_DefaultsShown)
+    parser = argparse.ArgumentParser(description=description, formatter_class=DefaultsShown)
     parser.add_argument("--frames", type=int, default=frames, help="frames to write")
     parser.add_argument("--seed", type=int, default=0, help="random seed (same seed, same file)")
     parser.add_argument(
@@ -41,7 +34,13 @@ def _write(parser, args, generate) -> None:
     start = time.perf_counter()
     frames = generate()
     ase.io.write(args.output, frames, format="extxyz")
-    print(f"wrote {len(frames)} frames to {args.output} in {time.perf_counter() - start:.0f} s")
+    first = frames[0]
+    cell = ""
+    if first.pbc.any():
+        cell = ", periodic cell " + " x ".join(f"{length:.2f}" for length in first.cell.lengths())
+        cell += " A"
+    print(f"wrote {len(frames)} frames of {first.get_chemical_formula()} ({len(first)} atoms"
+          f"{cell}) to {args.output} in {time.perf_counter() - start:.0f} s")
 
 
 def make_aspirin(argv=None) -> None:

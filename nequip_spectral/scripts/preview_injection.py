@@ -8,15 +8,17 @@ is there with every atom at its site, the same centers and direction: at sites o
 symmetry a probe cannot make the ``l > L`` part of it (``docs/method.md``).
 """
 
-import argparse
+
+import re
 
 import ase.io
 import torch
 from nequip.data.transforms import NeighborListTransform
 
 from .._keys import injected_energy_key, injected_forces_key
-from ..config import SpectralProbeConfig
+from ..config import SpectralProbeConfig, SpectralProbeError
 from ..data import SpectralInjection, frames_from_ase
+from . import command_parser
 
 
 def injection_spread(frames, probe: SpectralProbeConfig, reference=None) -> str:
@@ -61,7 +63,7 @@ def injection_spread(frames, probe: SpectralProbeConfig, reference=None) -> str:
 
 def main(argv=None) -> None:
     defaults = SpectralProbeConfig()
-    parser = argparse.ArgumentParser(description=__doc__)
+    parser = command_parser(__doc__)
     parser.add_argument("dataset", help="any ASE-readable file with energies and forces")
     parser.add_argument("--frames", type=int, default=200, help="first N frames")
     parser.add_argument("--l-values", type=int, nargs="+", default=list(defaults.l_values),
@@ -85,16 +87,19 @@ def main(argv=None) -> None:
                         "every atom at its site")  # fmt: skip
     args = parser.parse_args(argv)
     torch.set_default_dtype(torch.float64)
-    probe = SpectralProbeConfig(
-        l_values=tuple(args.l_values),
-        amplitude=args.amplitude,
-        cutoff=args.cutoff,
-        centers=tuple(args.centers),
-        neighbors=tuple(args.neighbors),
-        center_fraction=args.center_fraction,
-        readout="all" if args.center_fraction is None else "centers",
-        seed=args.seed,
-    )
+    try:
+        probe = SpectralProbeConfig(
+            l_values=tuple(args.l_values),
+            amplitude=args.amplitude,
+            cutoff=args.cutoff,
+            centers=tuple(args.centers),
+            neighbors=tuple(args.neighbors),
+            center_fraction=args.center_fraction,
+            seed=args.seed,
+        )
+    except SpectralProbeError as error:  # the config's keys are this command's flags
+        parser.error(re.sub(r"spectral_probe\.(\w+)", lambda key: "--" + key[1].replace("_", "-"),
+                            str(error)))  # fmt: skip
     frames = ase.io.read(args.dataset, index=f":{args.frames}")
     reference = None
     if args.reference is not None:

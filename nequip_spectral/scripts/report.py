@@ -7,15 +7,15 @@ bootstrap can be redone with another block length or number of replicates, or ov
 the loader's order instead of the trajectory's (to see what time blocks change).
 """
 
-import argparse
 from pathlib import Path
 
 from ..report import REPORT_FILES, build_report, format_table, write_report
 from ..report.frames import FrameSums
+from . import command_parser
 
 
 def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
+    parser = command_parser(__doc__)
     parser.add_argument("run_dir", type=Path, help="a probe run directory")
     parser.add_argument("--output", type=Path, help="default: RUN_DIR/rebuilt")
     parser.add_argument("--block-length", type=int, help="default: the run's (or from the data)")

@@ -1,14 +1,14 @@
 """``nequip-spectral-span``: the predicted ceiling ``d * L`` per ``(L, d)``, checked numerically."""
 
-import argparse
 
 import torch
 
 from ..theory import span_table
+from . import command_parser
 
 
 def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
+    parser = command_parser(__doc__)
     parser.add_argument(
         "--L", type=int, nargs="+", default=[1, 2, 3, 4], help="feature degrees (default: 1 2 3 4)"
     )

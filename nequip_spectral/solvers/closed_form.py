@@ -15,6 +15,7 @@ the control head (:func:`solve_heads`); the solutions are loaded into the heads.
 
 import dataclasses
 import math
+import textwrap
 import time
 from pathlib import Path
 
@@ -324,10 +325,13 @@ def describe_solution(result: dict, probe_model) -> str:
     folds = result["folds"]
     for fit, per_backbone in result["heads"].items():
         for b, chosen in enumerate(per_backbone):
-            alphas = " ".join(f"{a:.0e}" for a in chosen["alpha"])
+            alphas = ", ".join(f"{head.name} {alpha:.0e}" for head, alpha in
+                               zip(probe_model.probe.heads(b, fit), chosen["alpha"], strict=True))
             edge = " (some at the grid's edge)" if any(chosen["at_edge"]) else ""
-            lines.append(f"  backbone {b}, {fit} heads: ridge strengths {alphas}{edge}, chosen "
-                         f"by {folds}-fold cross-validation on consecutive frames")  # fmt: skip
+            lines.append(textwrap.fill(
+                f"  backbone {b}, ridge strengths chosen by {folds}-fold cross-validation on "
+                f"consecutive frames{edge} (inf: no feature weight): {alphas}", 100,
+                subsequent_indent="    "))  # fmt: skip
             almost = [  # probed l up to d_r L (not the null heads, not the control)
                 head.name
                 for head, alpha, helped in zip(probe_model.probe.heads(b, fit), chosen["alpha"],

@@ -22,7 +22,8 @@ def choose_block_length(series: np.ndarray) -> int:
     series = np.asarray(series, dtype=float)
     if len(series) < MIN_ESTIMATED or not np.all(np.isfinite(series)) or np.ptp(series) == 0:
         return 1
-    estimate = float(optimal_block_length(series)["circular"].iloc[0])
+    with np.errstate(divide="ignore", invalid="ignore"):  # arch's autocorrelations of a short
+        estimate = float(optimal_block_length(series)["circular"].iloc[0])  # series divide by 0
     return int(min(len(series), max(1, math.ceil(estimate))))
 
 

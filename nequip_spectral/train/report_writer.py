@@ -2,7 +2,9 @@
 and writes the report."""
 
 import dataclasses
+import logging
 import math
+import warnings
 from collections import defaultdict
 from pathlib import Path
 
@@ -17,6 +19,32 @@ from ..config import SpectralProbeConfig
 from ..report import REPORT_FILES, batch_frame_sums, build_report, format_table, write_report
 from ..report.frames import FRAMES_FILE, FrameSums, batch_frame_ids, frame_id, frame_source
 from ..report.loggers import log_report
+
+# what Lightning says on every probe run that asks nothing of the user: the run directory
+# holds Hydra's files before the checkpoints, the closed form's epoch has fewer batches than
+# the logging interval, and advice on loggers
+KNOWN_WARNINGS = (
+    r"Checkpoint directory .* exists and is not empty",
+    r"The number of training batches \(\d+\) is smaller than the logging interval",
+    r"Starting from v1\.9\.0, `tensorboardX` has been removed",
+)
+KNOWN_TIPS = "💡 Tip:"
+
+
+def quiet_known_messages() -> None:
+    """Leave out of a probe run's output the messages of :data:`KNOWN_WARNINGS` and
+    Lightning's tips."""
+    for message in KNOWN_WARNINGS:
+        warnings.filterwarnings("ignore", message=message)
+    for name in ("lightning.pytorch.utilities.rank_zero", "pytorch_lightning.utilities.rank_zero"):
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, _NoTips) for f in logger.filters):
+            logger.addFilter(_NoTips())
+
+
+class _NoTips(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith(KNOWN_TIPS)
 
 
 def gather_frames(tensor: torch.Tensor, dim: int = 1) -> torch.Tensor:
@@ -96,6 +124,7 @@ class SpectralReportWriter(lightning.Callback):
         block_length: int | None = None,
     ):
         super().__init__()
+        quiet_known_messages()
         self.probe = SpectralProbeConfig.from_block(probe)
         self.output_dir = Path(output_dir)
         self.n_bootstrap = n_bootstrap
@@ -175,8 +204,12 @@ class SpectralReportWriter(lightning.Callback):
         write_report(self.report, self.output_dir)
         log_report(trainer.loggers, self.report, self.output_dir / REPORT_FILES[2],
                    trainer.global_step)  # fmt: skip
-        print(format_table(self.report), flush=True)
-        print(f"spectral report written to {self.output_dir}", flush=True)
+
+    def teardown(self, trainer, pl_module, stage: str) -> None:
+        # the table last, after Lightning's table of test metrics
+        if stage == "test" and self.report is not None and trainer.is_global_zero:
+            print(f"\n{format_table(self.report)}\nspectral report written to "
+                  f"{self.output_dir}", flush=True)  # fmt: skip
 
 
 def _solver_summary(probe_model, atoms: list[int]) -> dict:

@@ -18,8 +18,10 @@ from helpers import (
     write_rmd17_npz,
 )
 
+from nequip_spectral.report import format_table
 from nequip_spectral.report.frames import FrameSums
 from nequip_spectral.train.lightning import BEST_HEADS_KEY
+from nequip_spectral.train.report_writer import KNOWN_TIPS, KNOWN_WARNINGS
 
 L_VALUES = [0, 3, 4, 5]
 
@@ -60,6 +62,25 @@ def test_probe_run_writes_the_report(probe_run):
                for row in rows[len(L_VALUES):])  # fmt: skip
     assert (run_dir / "spectral_report.png").stat().st_size > 10_000
     assert "<- ceiling" in result.stdout
+
+
+def test_the_table_is_the_last_thing_printed_and_the_known_noise_is_gone(probe_run):
+    """The spectral table closes the run's output (after Lightning's table of test metrics),
+    at most 120 columns, its key last; none of Lightning's known harmless messages; the logs
+    in the run directory."""
+    run_dir, result = probe_run
+    table = format_table(json.loads((run_dir / "spectral_report.json").read_text()))
+    lines = result.stdout.rstrip().splitlines()
+    end = lines.index(table.splitlines()[-1])
+    assert end >= len(lines) - 3  # then the report's path and NequIP's "TEST RUN END"
+    assert lines[end - len(table.splitlines()) + 1 : end + 1] == table.splitlines()
+    assert result.stdout.rindex("test0_epoch/weighted_sum") < result.stdout.rindex(table)
+    assert max(map(len, table.splitlines())) <= 120 and table.splitlines()[-2].startswith("key:")
+    output = result.stdout + result.stderr
+    for noise in (*KNOWN_WARNINGS, KNOWN_TIPS, "weights_only", "RuntimeWarning",
+                  "configure_optimizers"):  # fmt: skip
+        assert not re.search(noise if noise in KNOWN_WARNINGS else re.escape(noise), output)
+    assert (run_dir / "lightning_logs" / "version_0" / "metrics.csv").is_file()
 
 
 def test_the_per_frame_file_places_every_test_frame_in_its_file(probe_run, tiny_aspirin):

@@ -71,3 +71,18 @@ def test_compare_reads_rec_against_each_runs_null_floor(tmp_path, capsys):
     assert "1.000~" in rows["2"] and "~" not in rows["1"] + rows["3"]
     assert "null floor of a: rec_F [0.200, 0.500]" in table
     assert "! rec's interval lies below the null floor" in table
+
+
+def test_runs_of_the_same_name_get_labels_of_their_own(tmp_path, capsys):
+    """Two runs both called ``probe`` are labelled by the ends of their paths that differ; a
+    label given twice is refused."""
+    a = small_run(tmp_path / "first" / "probe", (1, 2, 3), L=1, recovered={1})
+    b = small_run(tmp_path / "second" / "probe", (1, 2, 3), L=1, recovered={2})
+    compare.main([str(a), str(b), "--output", str(tmp_path / "compared")])
+    with open(tmp_path / "compared" / "spectral_compare.csv") as f:
+        header = next(csv.reader(f))
+    assert "first/probe:rho_forces" in header and "second/probe:rho_forces" in header
+    assert compare.run_labels([a, a]) == ["probe (0)", "probe (1)"]
+    with pytest.raises(SystemExit):
+        compare.main([str(a), str(b), "--labels", "x", "x", "--output", str(tmp_path / "y")])
+    assert "each run needs its own label" in capsys.readouterr().err

@@ -90,10 +90,14 @@ def test_shared_species_need_center_fraction():
     assert probe.center_fraction == 0.5 and probe.neighbors == ("Cu", "Au")
 
 
-def test_center_fraction_needs_the_heads_to_read_the_marked_centers():
+def test_center_fraction_reads_the_marked_centers_unless_told_otherwise():
+    """``readout: auto`` (the default) reads the marked centers with ``center_fraction``, the
+    only readout that works with it, every atom without; ``all`` with it is refused."""
     block = {"centers": ["Cu"], "neighbors": ["Cu"], "center_fraction": 0.5}
+    assert SpectralProbeConfig.from_block(block).readout == "centers"
+    assert SpectralProbeConfig.from_block({"centers": ["Cu"], "neighbors": ["Au"]}).readout == "all"
     with pytest.raises(SpectralProbeError, match=r"spectral_probe\.readout: center_fraction"):
-        SpectralProbeConfig.from_block(block)
+        SpectralProbeConfig.from_block({**block, "readout": "all"})
     assert SpectralProbeConfig.from_block({**block, "readout": "centers"}).readout == "centers"
 
 

@@ -86,14 +86,16 @@ def test_every_declared_script_is_installed():
 def test_help_exits_0_and_shows_every_flag(command, capsys, monkeypatch):
     """``--help`` exits 0 and lists every flag, each with its help text where it has one.
 
-    Mutation tried: ``--help`` of ``nequip-spectral-compare`` with ``--labels`` hidden
-    (``help=argparse.SUPPRESS``): fails.
+    Every optional flag with a default says it. Mutations tried: ``--help`` of
+    ``nequip-spectral-compare`` with ``--labels`` hidden (``help=argparse.SUPPRESS``): fails;
+    ``command_parser`` without ``DefaultsShown``: fails for ``preview --frames``.
     """
     with pytest.raises(SystemExit) as exit:
         main_of(command)(["--help"])
     assert exit.value.code in (0, None)
     text = capsys.readouterr().out
     assert text.startswith("usage: ")
+    assert "``" not in text  # plain text, not the docstring's markup
     parser = parser_of(command, monkeypatch)
     assert flags(parser), command
     squeezed = "".join(text.split())  # help texts are wrapped to the terminal's width
@@ -103,6 +105,9 @@ def test_help_exits_0_and_shows_every_flag(command, capsys, monkeypatch):
             assert name in text, (command, name)
         if action.help:
             assert "".join(formatter._expand_help(action).split()) in squeezed, (command, names)
+        if action.option_strings and all(action.default is not v
+                                         for v in (None, False, argparse.SUPPRESS)):
+            assert "default" in formatter._expand_help(action), (command, names)  # shown
 
 
 @pytest.mark.parametrize("command", sorted(SCRIPTS))
@@ -145,17 +150,19 @@ def test_preview_prints_the_injected_size_of_every_l(capsys):
 
 
 def test_preview_takes_a_one_element_system_with_a_center_fraction(tmp_path, capsys):
-    """Cu centers and Cu neighbors: refused without ``--center-fraction``, previewed with it,
-    odd ``l`` included."""
-    from nequip_spectral.config import SpectralProbeError
+    """Cu centers and Cu neighbors: refused without ``--center-fraction`` (in one line naming
+    the flag), previewed with it, odd ``l`` included."""
     from nequip_spectral.generators.materials import generate_material
 
     path = tmp_path / "cu.extxyz"
     ase.io.write(path, generate_material("Cu", 3, size=2, equilibration_steps=20))
     preview = main_of("nequip-spectral-preview")
     one_element = [str(path), "--l-values", "1", "2", "--centers", "Cu", "--neighbors", "Cu"]
-    with pytest.raises(SpectralProbeError, match="center_fraction"):
+    with pytest.raises(SystemExit):
         preview(one_element)
+    error = capsys.readouterr().err
+    assert "--neighbors: ['Cu'] also appear in centers" in error and "--center-fraction" in error
+    assert "spectral_probe." not in error and "Traceback" not in error
     preview([*one_element, "--center-fraction", "0.5"])
     rows = [line.split() for line in capsys.readouterr().out.splitlines()[2:]]
     assert [row[0] for row in rows] == ["1", "2"]
@@ -204,7 +211,7 @@ def test_make_c5_writes_the_frames_it_says_and_refuses_an_existing_file(tmp_path
     output = tmp_path / "c5.extxyz"
     make_c5 = main_of("nequip-spectral-make-c5")
     make_c5(["--frames", "3", "--radial", "0.05", "--output", str(output)])
-    assert capsys.readouterr().out.startswith(f"wrote 3 frames to {output}")
+    assert capsys.readouterr().out.startswith(f"wrote 3 frames of CH5 (6 atoms) to {output}")
     frames = ase.io.read(output, index=":")
     assert len(frames) == 3
     for atoms in frames:
@@ -219,14 +226,47 @@ def test_make_c5_writes_the_frames_it_says_and_refuses_an_existing_file(tmp_path
 
 
 def test_make_material_writes_periodic_frames(tmp_path, capsys):
+    """...and says what it wrote: frames, formula, atoms, cell, file."""
     output = tmp_path / "cu.extxyz"
     main_of("nequip-spectral-make-material")(
         ["--material", "Cu", "--size", "1", "--frames", "2", "--stride", "1",
          "--equilibration", "2", "--output", str(output)]
     )  # fmt: skip
-    assert capsys.readouterr().out.startswith(f"wrote 2 frames to {output}")
+    said = capsys.readouterr().out
+    assert said.startswith(f"wrote 2 frames of Cu4 (4 atoms, periodic cell 3.59 x 3.59 x 3.59 A) "
+                           f"to {output}")  # fmt: skip
     frames = ase.io.read(output, index=":")
     assert len(frames) == 2
     for atoms in frames:
         assert atoms.get_chemical_formula() == "Cu4" and atoms.pbc.all()
         assert np.isfinite(atoms.get_potential_energy()) and atoms.get_forces().shape == (4, 3)
+
+
+def test_evaluate_names_a_backbone_run_and_species_the_probe_does_not_know(tmp_path, capsys):
+    """``nequip-spectral-evaluate`` on a backbone's run directory, or with a dataset of other
+    species, stops in one line that says what is wrong and what to give instead."""
+    from omegaconf import OmegaConf
+
+    from nequip_spectral.generators.materials import generate_material
+
+    evaluate = main_of("nequip-spectral-evaluate")
+    runs = {}
+    for name, config in {
+        "probe": {"spectral_probe": {"backbones": ["b.ckpt"]},
+                  "training_module": {"model": {"type_names": ["C", "H", "O"]}}},
+        "backbone": {"training_module": {"model": {"type_names": ["C", "H", "O"]}}},
+    }.items():  # fmt: skip
+        runs[name] = tmp_path / name
+        (runs[name] / ".hydra").mkdir(parents=True)
+        OmegaConf.save(config, runs[name] / ".hydra" / "config.yaml")
+        (runs[name] / "best.ckpt").write_bytes(b"")
+    cu = tmp_path / "cu.extxyz"
+    ase.io.write(cu, generate_material("Cu", 1, size=1, equilibration_steps=2))
+    with pytest.raises(SystemExit):
+        evaluate([str(runs["backbone"])])
+    assert "is not a spectral probe run" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        evaluate([str(runs["probe"]), "--dataset-file", str(cu)])
+    error = capsys.readouterr().err
+    assert "['Cu'] not among the probe's type names ['C', 'H', 'O']" in error
+    assert not list(runs["probe"].glob("evaluate-*"))  # nothing left behind

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 from helpers import as_frames, known_readings
 
-from nequip_spectral.report import build_report
+from nequip_spectral.report import build_report, format_table
 from nequip_spectral.report.build import _ratio_interval
 from nequip_spectral.theory.metrics import null_floor
 
@@ -84,3 +84,26 @@ def test_the_cliff_interval_of_a_mix_of_bounded_and_unbounded_replicates():
     interval = _ratio_interval(rho_a, rho_b)
     assert interval["ratio_ci95"] == [pytest.approx(2.0), None]
     assert interval["ratio_unbounded_fraction"] == 0.25
+
+
+def test_delta_and_rho_diff_print_their_estimates_and_an_undefined_cliff_no_interval():
+    """``delta`` and ``rho_diff`` are read on the test frames, not averaged over bootstrap
+    replicates (the estimate does not move with their number); the cliff's ratio, undefined
+    where nothing is recovered above the ceiling, gets no interval."""
+    rng = np.random.default_rng(0)
+    rho = np.array([[0.9, 0.8, 0.3, 0.1]]) + 0.05 * rng.standard_normal((1, 4))
+    head, control = known_readings(rho, rho, num_frames=12)
+    head[..., 1] *= 1 + 0.3 * rng.standard_normal(head.shape[:-1])  # frames that differ
+    frames = as_frames(head, control, [0, 3, 4, 5], ("forces",))
+    few, many = (build_report(frames, n_bootstrap=n) for n in (20, 400))
+    for name in ("delta", "rho_diff"):
+        assert few[name]["estimate"] == many[name]["estimate"]
+        assert few[name]["mean"] != many[name]["mean"]
+    rows = few["per_l"]
+    assert few["rho_diff"]["estimate"] == pytest.approx(rows["4"]["rho"] - rows["5"]["rho"])
+    assert f"rho_diff (forces) = {few['rho_diff']['estimate']:.4f}," in format_table(few)
+    head[..., 3, 1] = -0.2  # rho above the ceiling (l = 5) below 0: the ratio is undefined
+    undefined = build_report(as_frames(head, control, [0, 3, 4, 5], ("forces",)), 50)
+    cliff = next(line for line in format_table(undefined).splitlines()
+                 if line.startswith("cliff"))  # fmt: skip
+    assert "n/a (not defined" in cliff and "95% CI" not in cliff
