@@ -40,6 +40,25 @@ autodoc_typehints = "signature"
 napoleon_google_docstring = True
 napoleon_numpy_docstring = False
 
-html_theme = "alabaster"
+html_theme = "furo"
 html_title = f"nequip-spectral {release}"
 html_static_path = []
+
+
+def write_options_table() -> None:
+    """``_options_table.md``: the ``spectral_probe:`` options as a table, from the class that
+    parses them (``option_rows``), included by the reference."""
+    from nequip_spectral.config import option_rows
+
+    def markdown(text: str) -> str:
+        text = re.sub(r":\w+:`~?([^`]+)`", r"`\1`", text)  # :meth:`force_rows` -> `force_rows`
+        return text.replace("``", "`").replace("|", "\\|")
+
+    lines = ["| option | default | values | meaning |", "|---|---|---|---|"]
+    for name, default, values, meaning in option_rows():
+        lines.append(f"| `{name}` | `{default}` | {markdown(values)} | {markdown(meaning)} |")
+    (Path(__file__).parent / "_options_table.md").write_text("\n".join(lines) + "\n")
+
+
+write_options_table()
+exclude_patterns.append("_options_table.md")  # included by reference.md, not a page

@@ -62,6 +62,11 @@ def _species(key: str, value) -> tuple[str, ...]:
     return tuple(value)
 
 
+def _option(default, values: str):
+    """A field of the block with the values it takes (for the docs' table of options)."""
+    return dataclasses.field(default=default, metadata={"values": values})
+
+
 @dataclasses.dataclass(frozen=True)
 class SpectralProbeConfig:
     r"""The ``spectral_probe:`` block of a NequIP config.
@@ -81,7 +86,7 @@ class SpectralProbeConfig:
         target: residual
         channels: 8
         activation: null
-        readout: all
+        readout: auto
         solver: closed_form
         force_spectrum: true
         feature_budget: 8000
@@ -91,7 +96,8 @@ class SpectralProbeConfig:
         seed: 0
 
     Args:
-        backbones: trained NequIP models (``.ckpt`` or ``.nequip.zip``) to probe
+        backbones: trained NequIP models to probe: ``.ckpt`` or ``.nequip.zip`` files, or
+          model IDs ``nequip.net:group/name:version`` (a compiled model is refused)
         l_values: angular frequencies ``l`` to inject and probe
         degree: polynomial degree ``d_r`` of the SPN heads (1, 2 or 3)
         marked_direction: ``random`` (one per frame, seeded), ``field:NAME``, or ``shuffled``
@@ -164,26 +170,26 @@ class SpectralProbeConfig:
     the marked direction: the exact gradient of the signal of those centers.
     """
 
-    backbones: tuple[str, ...] = ()
-    l_values: tuple[int, ...] = tuple(range(8))
-    degree: int = 2
-    marked_direction: str = "random"
-    centers: tuple[str, ...] = ("C", "O")
-    neighbors: tuple[str, ...] = ("H",)
-    center_fraction: float | None = None
-    cutoff: float = 4.0
-    amplitude: float = 0.05
-    target: str = "residual"
-    channels: int = 8
-    activation: str | None = None
-    readout: str = "auto"
-    solver: str = "closed_form"
-    force_spectrum: bool = True
-    feature_budget: int = 8000
-    force_directions: int | str = "auto"
-    ridge_folds: int = 5
-    feature_tap: str = "auto"
-    seed: int = 0
+    backbones: tuple[str, ...] = _option((), "files (.ckpt, .nequip.zip) or model IDs")
+    l_values: tuple[int, ...] = _option(tuple(range(8)), f"integers 0 to {MAX_PROBE_L}")
+    degree: int = _option(2, "1, 2, 3")
+    marked_direction: str = _option("random", "random, field:NAME, shuffled")
+    centers: tuple[str, ...] = _option(("C", "O"), "chemical symbols")
+    neighbors: tuple[str, ...] = _option(("H",), "chemical symbols")
+    center_fraction: float | None = _option(None, "null, or between 0 and 1 (0.5)")
+    cutoff: float = _option(4.0, "positive, at most r_max")
+    amplitude: float = _option(0.05, "positive")
+    target: str = _option("residual", "residual, injected")
+    channels: int = _option(8, "positive integer")
+    activation: str | None = _option(None, "null, gate")
+    readout: str = _option("auto", "auto, all, centers")
+    solver: str = _option("closed_form", "closed_form, sgd")
+    force_spectrum: bool = _option(True, "true, false")
+    feature_budget: int = _option(8000, "positive integer")
+    force_directions: int | str = _option("auto", "auto, all, a positive integer")
+    ridge_folds: int = _option(5, "integer, at least 2")
+    feature_tap: str = _option("auto", "auto, a module name")
+    seed: int = _option(0, "integer")
 
     @classmethod
     def from_block(cls, block: Any) -> "SpectralProbeConfig":
@@ -390,3 +396,26 @@ class SpectralProbeConfig:
 @functools.lru_cache(maxsize=32)
 def _parse(cls, text: str) -> SpectralProbeConfig:
     return cls._from_mapping(json.loads(text))
+
+
+def option_rows() -> list[tuple[str, str, str, str]]:
+    """``(option, default, values, meaning)`` of every option of the block, in order: the
+    defaults and values from the fields, the meanings from the class docstring's ``Args``."""
+    meanings, name = {}, None
+    args = SpectralProbeConfig.__doc__.split("    Args:\n", 1)[1].split("\n\n", 1)[0]
+    for line in args.splitlines():
+        head, _, rest = line.strip().partition(": ")
+        if line.startswith("        ") and not line.startswith("          ") and rest:
+            name, meanings[head] = head, rest
+        elif name is not None:
+            meanings[name] += " " + line.strip()
+
+    def as_yaml(value) -> str:
+        if isinstance(value, tuple):
+            return f"[{', '.join(map(str, value))}]"
+        return json.dumps(value) if value is None or isinstance(value, bool) else str(value)
+
+    return [
+        (field.name, as_yaml(field.default), field.metadata["values"], meanings[field.name])
+        for field in dataclasses.fields(SpectralProbeConfig)
+    ]

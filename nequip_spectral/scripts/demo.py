@@ -9,6 +9,7 @@ aspirin data, from any directory (the example configs ship with the package)::
 """
 
 import datetime
+import json
 import os
 import subprocess
 import sys
@@ -17,6 +18,7 @@ from importlib.resources import files
 from pathlib import Path
 
 from ..data import BUNDLED_ASPIRIN
+from ..report import format_table
 from . import command_parser
 
 CONFIGS = Path(str(files("nequip_spectral") / "example_configs"))  # (example_configs/ in a clone)
@@ -78,9 +80,10 @@ def main(argv=None) -> None:
          f"spectral_probe.force_directions={args.force_directions or 'all'}",
          f"spectral_probe.backbones=[{output / 'backbone' / 'best.ckpt'}]", *overrides],
     )  # fmt: skip
+    report = json.loads((output / "probe" / "spectral_report.json").read_text())
     print(
         f"\nspectrum: {output / 'probe' / 'spectral_report.png'} (and .json, .csv); "
-        f"total {time.perf_counter() - start:.0f} s"
+        f"total {time.perf_counter() - start:.0f} s\n\n{format_table(report)}"
     )
 
 

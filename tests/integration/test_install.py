@@ -35,3 +35,14 @@ def test_an_installed_package_finds_and_composes_its_example_configs(tmp_path):
     demo = subprocess.run([sys.executable, "-m", "nequip_spectral.scripts.demo", "--help"],
                           cwd=elsewhere, env=env, capture_output=True, text=True)  # fmt: skip
     assert demo.returncode == 0 and "--backbone-epochs" in demo.stdout
+    # Hydra's package path (-cp pkg://nequip_spectral.example_configs) finds them too
+    script = (
+        "import hydra\n"
+        "with hydra.initialize_config_module('nequip_spectral.example_configs',\n"
+        "                                 version_base=None, job_name='job'):\n"
+        "    config = hydra.compose('aspirin_probe.yaml', ['spectral_probe.backbones=[x]'])\n"
+        "print(config.max_epochs, config.spectral_probe.solver)\n"
+    )
+    result = subprocess.run([sys.executable, "-c", script], cwd=elsewhere, env=env,
+                            capture_output=True, text=True, check=True)  # fmt: skip
+    assert result.stdout.split() == ["1", "closed_form"]

@@ -248,13 +248,16 @@ def test_sgd_probe_trains_the_heads_only(sgd_run):
 
 
 def test_evaluate_reproduces_the_test_metrics(probe_run, tiny_aspirin, tmp_path):
+    """``nequip-evaluate`` (the same command as ``nequip-spectral-evaluate``) reproduces the
+    run's readings, its table last; another dataset is tested whole."""
     run_dir, _ = probe_run
     before = files_of(run_dir)
     output = tmp_path / "evaluation"
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
-    subprocess.run(["nequip-spectral-evaluate", str(run_dir), "--output", str(output)], check=True,
-                   cwd=elsewhere)  # fmt: skip
+    result = subprocess.run(["nequip-evaluate", str(run_dir), "--output", str(output)],
+                            check=True, cwd=elsewhere, capture_output=True, text=True)  # fmt: skip
+    assert any(line.startswith("key:") for line in result.stdout.splitlines()[-5:])
     trained = json.loads((run_dir / "spectral_report.json").read_text())
     evaluated = json.loads((output / "spectral_report.json").read_text())
     for l, row in trained["per_l"].items():

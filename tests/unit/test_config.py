@@ -149,3 +149,21 @@ def test_the_block_is_parsed_and_checked_once_for_every_component():
     assert SpectralProbeConfig.from_block(OmegaConf.create(block)) is one
     assert SpectralProbeConfig.from_block(dict(reversed(block.items()))) is one
     assert SpectralProbeConfig.from_block({**block, "l_values": [1, 5]}).l_values == (1, 5)
+
+
+def test_the_docs_table_of_options_has_every_option_its_default_values_and_meaning():
+    """The reference's table of the block (``option_rows``, read by ``docs/conf.py``) comes
+    from the class itself: one row per option, in order, its default as YAML writes it, the
+    values it takes and the docstring's words for it."""
+    import dataclasses
+
+    from nequip_spectral.config import option_rows
+
+    rows = option_rows()
+    assert [row[0] for row in rows] == [f.name for f in dataclasses.fields(SpectralProbeConfig)]
+    defaults = {name: default for name, default, _, _ in rows}
+    assert defaults["l_values"] == "[0, 1, 2, 3, 4, 5, 6, 7]" and defaults["readout"] == "auto"
+    assert defaults["center_fraction"] == "null" and defaults["force_spectrum"] == "true"
+    for name, _, values, meaning in rows:
+        assert values and len(meaning) > 10, name
+    assert "model IDs" in dict((r[0], r[3]) for r in rows)["backbones"]

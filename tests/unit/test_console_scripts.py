@@ -270,3 +270,30 @@ def test_evaluate_names_a_backbone_run_and_species_the_probe_does_not_know(tmp_p
     error = capsys.readouterr().err
     assert "['Cu'] not among the probe's type names ['C', 'H', 'O']" in error
     assert not list(runs["probe"].glob("evaluate-*"))  # nothing left behind
+
+
+def test_the_demo_runs_its_two_stages_and_ends_with_the_table(tmp_path, capsys, monkeypatch):
+    """The demo's two ``nequip-train`` calls (run here by a stand-in that writes a report),
+    the closed form given no epoch count (it is one epoch), and the table printed last."""
+    from helpers import as_frames, known_readings
+
+    from nequip_spectral.report import build_report, write_report
+    from nequip_spectral.scripts import demo
+
+    calls = []
+
+    def stand_in(command, env=None):
+        calls.append(command)
+        if "aspirin_probe.yaml" in command:
+            rho = np.array([[0.9, 0.8, 0.7, 0.0]])
+            report = build_report(as_frames(*known_readings(rho, rho), [0, 3, 4, 5], ("forces",)))
+            write_report(report, tmp_path / "demo" / "probe")
+        return 0
+
+    monkeypatch.setattr(demo.subprocess, "call", stand_in)
+    demo.main(["--output", str(tmp_path / "demo"), "--backbone-epochs", "1"])
+    backbone, probe = calls
+    assert "max_epochs=1" in backbone and not any(a.startswith("max_epochs") for a in probe)
+    assert "1/2 training the example NequIP backbone (l_max = 2) for 1 epoch\n" in (
+        out := capsys.readouterr().out)
+    assert out.rstrip().splitlines()[-1].startswith("     the null head")  # the key's last line

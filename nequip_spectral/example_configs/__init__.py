@@ -1,0 +1,1 @@
+"""The example configs, as package data (``-cp pkg://nequip_spectral.example_configs``)."""
