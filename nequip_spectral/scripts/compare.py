@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from ..report import REPORT_FILES
-from ..report.table import FLOOR_NOTES, KEY, floor_mark
+from ..report.table import FLOOR_NOTES, KEY, floor_mark, number
 from . import command_parser
 
 COLUMNS = tuple(column.format(kind) for kind in ("forces", "energy") for column in (
@@ -56,33 +56,34 @@ def comparison_rows(reports: list[dict], labels: list[str]) -> tuple[list[str], 
     return header, rows
 
 
-def format_comparison(reports, labels, cell: int = 9) -> str:
-    """The table as printed: rec (marked against the run's null floor) and R2_inj of forces
-    and energies per run, the ceilings marked; then each run's null floor."""
-    ls = probed_l(reports)
-    names = ("rec_F", "R2inj_F", "rec_E", "R2inj_E")
-    lines = [
-        "   " + "".join(f"{label[: 4 * cell - 2]:>{4 * cell}}" for label in labels),
-        "  l" + "".join(f"{name:>{cell}}" for name in names) * len(labels),
-    ]
-
-    def value(v, mark=" "):
-        return f"{'n/a' if v is None else f'{v:.3f}':>{cell - 1}}{mark}"
-
-    marks = set()
-    for l in ls:
-        cells = ""
-        for report in reports:
-            row = report["per_l"].get(str(l), {})
-            for kind in ("forces", "energy"):
+def format_comparison(reports, labels) -> str:
+    """The table as printed, a block per spectrum: per run rho, rec (marked against the run's
+    null floor), rec's 95% interval and R2_inj, the ceilings marked; then each run's null
+    floor and the key."""
+    ls, width = probed_l(reports), 42  # the columns of one run
+    lines, marks = [], set()
+    for kind in ("forces", "energy"):
+        k = kind[0].upper()
+        lines += [
+            f"{kind.replace('forces', 'force')} spectrum",
+            "   " + "".join(f"{label[: width - 2]:>{width}}" for label in labels),
+            "  l" + f"{'rho_' + k:>9}{'rec_' + k:>8} {'95% CI':>16}{'R2inj_' + k:>9}" * len(labels),
+        ]
+        for l in ls:
+            cells = ""
+            for report in reports:
+                row = report["per_l"].get(str(l), {})
                 mark = floor_mark(report, row, kind) if row else " "
                 marks.add(mark)
-                cells += value(row.get(f"rho_recovered_{kind}"), mark)
-                cells += value(row.get(f"R2_inj_{kind}"))
-        ceilings = [label for label, report in zip(labels, reports, strict=True)
-                    if report["boundary"] == l]  # fmt: skip
-        lines.append(f"{l:>3}{cells}" + (f"  <- ceiling of {', '.join(ceilings)}"
-                                         if ceilings else ""))  # fmt: skip
+                bounds = row.get(f"rho_recovered_{kind}_ci95")
+                interval = f"[{number(bounds[0])}, {number(bounds[1])}]" if bounds else ""
+                cells += (f"{number(row.get(f'rho_{kind}'), 9)}"
+                          f"{number(row.get(f'rho_recovered_{kind}'), 7)}{mark}"
+                          f" {interval:>16}{number(row.get(f'R2_inj_{kind}'), 9)}")  # fmt: skip
+            ceilings = [label for label, report in zip(labels, reports, strict=True)
+                        if report["boundary"] == l]  # fmt: skip
+            lines.append(f"{l:>3}{cells}" + (f"  <- ceiling of {', '.join(ceilings)}"
+                                             if ceilings else ""))  # fmt: skip
     for label, report in zip(labels, reports, strict=True):
         floor = report.get("null_floor") or {}
         spans = [f"rec_{kind[0].upper()} [{low:.3f}, {high:.3f}]" for kind in ("forces", "energy")

@@ -66,9 +66,10 @@ def test_compare_reads_rec_against_each_runs_null_floor(tmp_path, capsys):
     report_file.write_text(json.dumps(report))
     compare.main([str(run), "--labels", "a", "--output", str(tmp_path / "compared")])
     table = capsys.readouterr().out
-    rows = {line.split()[0]: line for line in table.splitlines()[2:5]}
+    rows = {line.split()[0]: line for line in table.splitlines()[3:6]}  # the force spectrum's
     assert "0.000!" in rows["3"] and "!" not in rows["1"] + rows["2"]
     assert "1.000~" in rows["2"] and "~" not in rows["1"] + rows["3"]
+    assert rows["2"].split()[1:4] == ["1.000", "1.000~", "[0.400,"]  # rho, rec, rec's interval
     assert "null floor of a: rec_F [0.200, 0.500]" in table
     assert "! rec's interval lies below the null floor" in table
 

@@ -102,8 +102,27 @@ def test_delta_and_rho_diff_print_their_estimates_and_an_undefined_cliff_no_inte
     rows = few["per_l"]
     assert few["rho_diff"]["estimate"] == pytest.approx(rows["4"]["rho"] - rows["5"]["rho"])
     assert f"rho_diff (forces) = {few['rho_diff']['estimate']:.4f}," in format_table(few)
+    assert "blocks of 1 test frame in" in format_table(build_report(frames, 20, block_length=1))
     head[..., 3, 1] = -0.2  # rho above the ceiling (l = 5) below 0: the ratio is undefined
     undefined = build_report(as_frames(head, control, [0, 3, 4, 5], ("forces",)), 50)
     cliff = next(line for line in format_table(undefined).splitlines()
                  if line.startswith("cliff"))  # fmt: skip
     assert "n/a (not defined" in cliff and "95% CI" not in cliff
+
+
+def test_the_table_keeps_its_columns_for_wide_readings():
+    """A reading of thousands (a tiny injected power) is printed in powers of ten: every row
+    keeps the columns of the others and the table stays within 120 columns."""
+    from nequip_spectral.report.table import number
+
+    assert number(-1693.745) == "-1.7e3" and number(0.5, 8) == "   0.500" and number(None) == "n/a"
+    rng = np.random.default_rng(1)
+    rho = np.array([[0.9, 0.8, 0.3, 0.1]]) + 0.05 * rng.standard_normal((1, 4))
+    head, control = known_readings(rho, rho, num_frames=12)
+    report = build_report(as_frames(head, control, [0, 3, 4, 5], ("forces",)), n_bootstrap=50)
+    report["per_l"]["3"]["rho_forces"] = -1693.745
+    report["per_l"]["3"]["rho_forces_ci95"] = [-1693.745, 2568.341]
+    rows = [line for line in format_table(report).splitlines() if line[:3].strip().isdigit()]
+    assert len({len(row) for row in rows if "ceiling" not in row}) == 1
+    assert "[-1.7e3, 2.6e3]" in rows[1]
+    assert max(map(len, format_table(report).splitlines())) <= 120
