@@ -12,7 +12,8 @@ exec(CONFTEST_PATH.read_text())
 
 torch.set_num_threads(1)
 
-TRAINED = {"tiny_backbone", "tiny_allegro", "tiny_backbone_l1"}  # fixtures that run nequip-train
+# fixtures that run nequip-train
+TRAINED = {"tiny_backbone", "tiny_allegro", "tiny_backbone_l1", "tiny_preset"}
 
 
 def pytest_collection_modifyitems(items):
@@ -55,6 +56,15 @@ def tiny_backbone(tmp_path_factory, tiny_aspirin):
 def tiny_allegro(tmp_path_factory, tiny_aspirin):
     """A tiny Allegro l_max = 2 backbone in float64, as .ckpt and .nequip.zip."""
     return float64_backbone(tmp_path_factory.mktemp("allegro"), tiny_aspirin, "allegro")
+
+
+@pytest.fixture(scope="session")
+def tiny_preset(tmp_path_factory, tiny_aspirin):
+    """NequIP's preset ``S`` (its smallest foundation model's shape: 2 layers, ``l_max`` 1),
+    narrowed to 8 and 4 features, in float64, as .ckpt and .nequip.zip."""
+    return float64_backbone(tmp_path_factory.mktemp("preset"), tiny_aspirin, "preset",
+                            "training_module.model.preset=S",
+                            "++training_module.model.num_features=[8,4]")  # fmt: skip
 
 
 @pytest.fixture(scope="session")

@@ -43,19 +43,20 @@ def train_tiny_backbone(run_dir, dataset, *overrides, architecture="nequip") -> 
         f"backbone_model={architecture}",
         "max_epochs=1",
         "num_features=4",
-        "training_module.model.num_layers=2",
+        "++training_module.model.num_layers=2",
         "run=[train]",
         *overrides,
     )
     return str(run_dir / "best.ckpt")
 
 
-def float64_backbone(run_dir, dataset, architecture) -> dict:
+def float64_backbone(run_dir, dataset, architecture, *overrides) -> dict:
     """A tiny backbone in float64, as .ckpt and .nequip.zip."""
 
     checkpoint = train_tiny_backbone(
-        run_dir, dataset, "training_module.model.model_dtype=float64", architecture=architecture
-    )
+        run_dir, dataset, "training_module.model.model_dtype=float64", *overrides,
+        architecture=architecture,
+    )  # fmt: skip
     package = run_dir / "backbone.nequip.zip"
     subprocess.run(
         ["nequip-package", "build", checkpoint, str(package)], check=True, capture_output=True

@@ -15,6 +15,7 @@ import multiprocessing
 import resource
 import sys
 import time
+from typing import NamedTuple
 
 import ase.io
 import torch
@@ -84,26 +85,32 @@ def _cell_batches(atoms: int, count: int):
     return [AtomicDataDict.batched_from_list([f]) for f in frames_from_ase(cells, transforms)]
 
 
-def _backbone(type_names=TYPE_NAMES):
-    from nequip.model import NequIPGNNModel
+class Setup(NamedTuple):
+    """How a child process builds and runs its models."""
 
-    return NequIPGNNModel(
-        seed=0,
-        model_dtype="float32",
-        type_names=type_names,
-        r_max=5.0,
-        l_max=2,
-        num_layers=3,
-        num_features=16,
-        radial_mlp_depth=1,
-        radial_mlp_width=32,
-        avg_num_neighbors=18.0,
-        per_type_energy_shifts={s: -51.0 for s in type_names},
-        per_type_energy_scales={s: 1.0 for s in type_names},
-    )
+    threads: int
+    device: str
+    jvp: str  # auto | loop | batched
+    backbone: str  # example, or a NequIP preset: S, M, L, XL
 
 
-def _probe(l_values, force_spectrum, solver, jvp, directions="auto", alloy=False):
+def _backbone(backbone: str, type_names=TYPE_NAMES):
+    """The example architecture (NequIP ``l_max = 2``, 16 features, 3 layers), or NequIP's
+    preset of that name (its foundation models' shapes: ``PresetNequIPGNNModel``)."""
+    from nequip.model import NequIPGNNModel, PresetNequIPGNNModel
+
+    common = {
+        "seed": 0, "model_dtype": "float32", "type_names": type_names, "r_max": 5.0,
+        "avg_num_neighbors": 18.0, "per_type_energy_shifts": {s: -51.0 for s in type_names},
+        "per_type_energy_scales": {s: 1.0 for s in type_names},
+    }  # fmt: skip
+    if backbone != "example":
+        return PresetNequIPGNNModel(preset=backbone, **common)
+    return NequIPGNNModel(l_max=2, num_layers=3, num_features=16, radial_mlp_depth=1,
+                          radial_mlp_width=32, **common)  # fmt: skip
+
+
+def _probe(l_values, force_spectrum, solver, setup, directions="auto", alloy=False):
     from nequip.utils import torch_default_dtype
 
     from ..model import freeze_and_tap
@@ -117,8 +124,9 @@ def _probe(l_values, force_spectrum, solver, jvp, directions="auto", alloy=False
         probe.update(ALLOY_PROBE)
     with torch_default_dtype(torch.float32):
         torch.manual_seed(0)
-        model = SpectralProbeModel([freeze_and_tap(_backbone(type_names))], probe, type_names)
-    model.batched_jvp = {"auto": None, "loop": False, "batched": True}[jvp]
+        backbone = freeze_and_tap(_backbone(setup.backbone, type_names))
+        model = SpectralProbeModel([backbone], probe, type_names)
+    model.batched_jvp = {"auto": None, "loop": False, "batched": True}[setup.jvp]
     return model, probe
 
 
@@ -128,13 +136,13 @@ def _peak_mb(start_rss, device):
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 - start_rss
 
 
-def _child(threads, device):
+def _child(setup: Setup):
     """A child's set-up (a spawned process starts bare): NequIP's state, threads, the clock."""
     from nequip.utils.global_state import set_global_state
 
     set_global_state()
-    torch.set_num_threads(threads)
-    device = torch.device(device)
+    torch.set_num_threads(setup.threads)
+    device = torch.device(setup.device)
 
     def clock():  # seconds, once the device has finished what it was given
         if device.type == "cuda":
@@ -150,18 +158,18 @@ def _to(batch, device):
     return AtomicDataDict.to_(dict(batch), device)
 
 
-def _train_steps(name, l_values, force_spectrum, batches, warmup, threads, device, jvp, queue):
+def _train_steps(name, l_values, force_spectrum, batches, warmup, setup, queue):
     """Run in a child: seconds per training step, first epoch and later (cached) epochs."""
     from nequip.train import EnergyForceLoss
 
     from ..train import SpectralProbeLoss
 
-    device, clock, start_rss = _child(threads, device)
+    device, clock, start_rss = _child(setup)
     if name == "backbone":
-        model = _backbone()
+        model = _backbone(setup.backbone)
         loss = EnergyForceLoss(type_names=TYPE_NAMES)
     else:
-        model, probe = _probe(l_values, force_spectrum, "sgd", jvp)
+        model, probe = _probe(l_values, force_spectrum, "sgd", setup)
         loss = SpectralProbeLoss(probe, type_names=TYPE_NAMES)
     model.to(device).train()
     batches = [_to(batch, device) for batch in batches]
@@ -181,14 +189,14 @@ def _train_steps(name, l_values, force_spectrum, batches, warmup, threads, devic
     queue.put({"first": step[0], "later": step.get(1, step[0]), "peak_mb": peak})
 
 
-def _closed_form(l_values, force_spectrum, directions, batches, warmup, threads, device, jvp,
-                 queue, alloy=False):  # fmt: skip
+def _closed_form(l_values, force_spectrum, directions, batches, warmup, setup, queue,
+                 alloy=False):  # fmt: skip
     """Run in a child: seconds per frame of the closed-form pass, and of the solve (aspirin;
     with ``alloy``, the pass alone)."""
     from ..solvers.closed_form import add_least_squares, empty_folds, solve_heads
 
-    device, clock, start_rss = _child(threads, device)
-    model, _ = _probe(l_values, force_spectrum, "closed_form", jvp, directions, alloy)
+    device, clock, start_rss = _child(setup)
+    model, _ = _probe(l_values, force_spectrum, "closed_form", setup, directions, alloy)
     model.to(device)
     batches = [_to(batch, device) for batch in batches]
     num_folds = model.probe.ridge_folds
@@ -231,6 +239,9 @@ def main(argv=None) -> None:
     parser.add_argument("--cells", action="store_true",
                         help="instead: what a frame's force rows cost on Cu3Au cells of 32 and "
                         "192 atoms, every component against force_directions auto")  # fmt: skip
+    parser.add_argument("--backbone", choices=["example", "S", "M", "L", "XL"], default="example",
+                        help="the example architecture, or a NequIP preset (its foundation "
+                        "models' shapes: PresetNequIPGNNModel)")  # fmt: skip
     parser.add_argument("--jvp", choices=["auto", "loop", "batched"], default="auto",
                         help="Jacobian-vector products one direction at a time (loop), in vmapped "
                         "chunks (batched), or by device (auto: loop on the CPU; default)")
@@ -254,16 +265,16 @@ def main(argv=None) -> None:
             sys.exit(f"benchmark: {target.__name__} failed")
         return queue.get()
 
+    setup = Setup(args.threads, args.device, args.jvp, args.backbone)
+
     def steps(name, ls, forces):
-        return in_child(_train_steps, name, ls, forces, batches, warmup, args.threads, args.device,
-                        args.jvp)  # fmt: skip
+        return in_child(_train_steps, name, ls, forces, batches, warmup, setup)
 
     def closed(ls, forces, directions="auto"):
-        return in_child(_closed_form, ls, forces, directions, batches, warmup, args.threads,
-                        args.device, args.jvp)  # fmt: skip
+        return in_child(_closed_form, ls, forces, directions, batches, warmup, setup)
 
     if args.cells:
-        _cells(args, in_child)
+        _cells(args, setup, in_child)
         return
     backbone = steps("backbone", few, True)
     epoch = backbone["first"] * EPOCH_FRAMES / args.batch_size  # seconds, the unit
@@ -282,7 +293,8 @@ def main(argv=None) -> None:
             name = f"closed form, l 0..{ls[-1]}, {label}{sketch}"
             rows.append((name, total, result["peak_mb"], result))
     print(
-        f"{args.device}, jvp {args.jvp}: {args.batch_size} frames a batch, {args.steps} timed "
+        f"{args.device}, jvp {args.jvp}, backbone {args.backbone}: {args.batch_size} frames a "
+        f"batch, {args.steps} timed "
         f"batches, {args.threads} thread(s);"
         f" a backbone-training epoch = {EPOCH_FRAMES} frames = {epoch:.1f} s "
         f"(peak {backbone['peak_mb']:.0f} MB)"
@@ -305,7 +317,7 @@ def main(argv=None) -> None:
     print(f"  each extra l <= 5% more (l 0..7 -> 0..12, E+F): {100 * per_l:.1f}%")
 
 
-def _cells(args, in_child) -> None:
+def _cells(args, setup, in_child) -> None:
     """``--cells``: ms per frame of the closed-form pass (both spectra, l 0..7), on periodic
     cells of 32 and 192 atoms, with every force component and with ``auto``."""
     from ..config import SpectralProbeConfig
@@ -321,8 +333,8 @@ def _cells(args, in_child) -> None:
             if setting == "auto" and rows == 3 * atoms:  # auto is every component here
                 per_frame[atoms, setting] = per_frame[atoms, "all"]
                 continue
-            result = in_child(_closed_form, list(range(8)), True, setting, batches, 1,
-                              args.threads, args.device, args.jvp, alloy=True)  # fmt: skip
+            result = in_child(_closed_form, list(range(8)), True, setting, batches, 1, setup,
+                              alloy=True)  # fmt: skip
             per_frame[atoms, setting] = result["per_frame"]
             print(f"{atoms:>6} {setting:>17} {rows:>5} {1000 * result['per_frame']:>9.0f} "
                   f"{result['peak_mb']:>8.0f}")  # fmt: skip

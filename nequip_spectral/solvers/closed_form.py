@@ -325,7 +325,7 @@ def describe_solution(result: dict, probe_model) -> str:
     folds = result["folds"]
     for fit, per_backbone in result["heads"].items():
         for b, chosen in enumerate(per_backbone):
-            alphas = ", ".join(f"{head.name} {alpha:.0e}" for head, alpha in
+            alphas = ", ".join(f"{head.name}={alpha:.0e}" for head, alpha in
                                zip(probe_model.probe.heads(b, fit), chosen["alpha"], strict=True))
             edge = " (some at the grid's edge)" if any(chosen["at_edge"]) else ""
             lines.append(textwrap.fill(

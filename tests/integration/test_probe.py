@@ -134,19 +134,21 @@ def probe(tiny_backbone):
     return {"backbones": [tiny_backbone["ckpt"]], "l_values": [1, 4, 5], "solver": "sgd"}
 
 
-@pytest.fixture(scope="module", params=["nequip", "allegro"])
+@pytest.fixture(scope="module", params=["nequip", "allegro", "preset"])
 def architecture(request):
     """A tiny float64 backbone of each architecture: NequIP's node features, Allegro's tensor
-    track (``.ckpt`` and ``.nequip.zip``)."""
-    return request.getfixturevalue(
-        {"nequip": "tiny_backbone", "allegro": "tiny_allegro"}[request.param]
-    )
+    track (``.ckpt`` and ``.nequip.zip``), and NequIP's foundation-model preset ``S``, probed
+    from its package (the path a downloaded foundation model takes)."""
+    name = {"nequip": "tiny_backbone", "allegro": "tiny_allegro", "preset": "tiny_preset"}
+    files = request.getfixturevalue(name[request.param])
+    preset = request.param == "preset"  # (S: l_max 1)
+    return {**files, "probed": files["package" if preset else "ckpt"], "L": 1 if preset else 2}
 
 
 @pytest.fixture(scope="module")
 def any_probe(architecture):
-    """``probe`` on either architecture."""
-    return {"backbones": [architecture["ckpt"]], "l_values": [1, 4, 5], "solver": "sgd"}
+    """``probe`` on each architecture."""
+    return {"backbones": [architecture["probed"]], "l_values": [1, 4, 5], "solver": "sgd"}
 
 
 class TappedFeatures(torch.nn.Module):
@@ -164,11 +166,11 @@ class TappedFeatures(torch.nn.Module):
         ]}  # fmt: skip
 
 
-def test_tapped_features_are_equivariant_of_degree_L(any_probe, aspirin_atoms):
+def test_tapped_features_are_equivariant_of_degree_L(any_probe, architecture, aspirin_atoms):
     from nequip_spectral.nn.tap import load_frozen_backbone
 
     backbone = load_frozen_backbone(any_probe["backbones"][0])
-    assert backbone.irreps.lmax == 2
+    assert backbone.irreps.lmax == architecture["L"]
     data = aspirin_batch(aspirin_atoms[:1], any_probe)
     features = TappedFeatures(backbone)(dict(data))[AtomicDataDict.NODE_FEATURES_KEY]
     assert features.shape == (21, backbone.irreps.dim) and features.abs().max() > 0
@@ -176,7 +178,8 @@ def test_tapped_features_are_equivariant_of_degree_L(any_probe, aspirin_atoms):
 
 
 @pytest.mark.parametrize("solver", ["sgd", "closed_form"])
-def test_heads_on_real_tapped_features_have_degree_dL(any_probe, aspirin_atoms, solver):
+def test_heads_on_real_tapped_features_have_degree_dL(any_probe, architecture, aspirin_atoms,
+                                                     solver):  # fmt: skip
     """The degree bound on each architecture's own tapped features, not random ones."""
     from nequip_spectral.nn.tap import load_frozen_backbone
 
@@ -191,9 +194,10 @@ def test_heads_on_real_tapped_features_have_degree_dL(any_probe, aspirin_atoms, 
         torch.nn.init.normal_(head.weights)
     n = torch.nn.functional.normalize(torch.randn(400, 3, dtype=atom.dtype), dim=1)
     values = head(atom.expand(400, -1), o3.spherical_harmonics(head.irreps_harmonics, n, True))
+    ceiling = 2 * architecture["L"]
     norms, scale = harmonic_norms(values, n, top=6)
-    assert max(norms[5:]) < 1e-9 * scale  # nothing above d_r L = 4
-    assert norms[4] > 1e4 * max(norms[5:])  # and something at it, far above round-off
+    assert max(norms[ceiling + 1 :]) < 1e-9 * scale  # nothing above d_r L
+    assert norms[ceiling] > 1e4 * max(norms[ceiling + 1 :])  # and something at it
 
 
 def test_probe_is_invariant_and_its_forces_equivariant(any_probe, aspirin_atoms):

@@ -187,6 +187,6 @@ def test_the_solve_line_names_a_head_that_helped_on_all_folds_but_one():
               "seconds_collect": 1.0, "seconds_solve": 1.0}  # fmt: skip
     text = describe_solution(result, model)
     assert "5-fold cross-validation on consecutive frames" in " ".join(text.split())
-    assert "e_l0 1e-01, e_l2 inf, e_l5 inf, e_null2 inf, e_null5 inf, e_none inf" in " ".join(
+    assert "e_l0=1e-01, e_l2=inf, e_l5=inf, e_null2=inf, e_null5=inf, e_none=inf" in " ".join(
         text.split())  # each strength labelled with its head
     assert text.splitlines()[-1].endswith("though it helped on 4 of 5 folds: e_l2")
