@@ -242,6 +242,9 @@ def main(argv=None) -> None:
     parser.add_argument("--backbone", choices=["example", "S", "M", "L", "XL"], default="example",
                         help="the example architecture, or a NequIP preset (its foundation "
                         "models' shapes: PresetNequIPGNNModel)")  # fmt: skip
+    parser.add_argument("--presets", nargs="+", choices=["example", "S", "M", "L", "XL"],
+                        help="instead: the closed form's cost on each of these backbones, "
+                        "both spectra and the energy spectrum, l 0..7 (no sgd)")  # fmt: skip
     parser.add_argument("--jvp", choices=["auto", "loop", "batched"], default="auto",
                         help="Jacobian-vector products one direction at a time (loop), in vmapped "
                         "chunks (batched), or by device (auto: loop on the CPU; default)")
@@ -275,6 +278,9 @@ def main(argv=None) -> None:
 
     if args.cells:
         _cells(args, setup, in_child)
+        return
+    if args.presets:
+        _presets(args, batches, warmup, in_child)
         return
     backbone = steps("backbone", few, True)
     epoch = backbone["first"] * EPOCH_FRAMES / args.batch_size  # seconds, the unit
@@ -315,6 +321,33 @@ def main(argv=None) -> None:
     print(f"  both spectra (closed form, E+F) <= 10 backbone epochs: {ef[0] / epoch:.2f}")
     print(f"  energy spectrum alone <= 0.3 backbone epochs: {e[0] / epoch:.2f}")
     print(f"  each extra l <= 5% more (l 0..7 -> 0..12, E+F): {100 * per_l:.1f}%")
+
+
+def _presets(args, batches, warmup, in_child) -> None:
+    """``--presets``: per backbone, the closed form's pass (ms a frame) and solve (at full
+    size) for both spectra and for the energy spectrum, l 0..7, in backbone-training epochs of
+    the same backbone on the same device."""
+    print(f"{args.device}, jvp {args.jvp}: {args.batch_size} frames a batch, {args.steps} timed "
+          f"batches, {args.threads} thread(s); closed form, l 0..7, aspirin (21 atoms), "
+          f"{EPOCH_FRAMES} + {VALIDATION_FRAMES} fitting frames")  # fmt: skip
+    print(f"{'backbone':>8} {'features':>8} {'epoch s':>8} {'E+F ms/frame':>13} {'solve s':>8} "
+          f"{'epochs':>7} {'E ms/frame':>11} {'solve s':>8} {'epochs':>7} {'peak MB':>8}")
+    for backbone in args.presets:
+        setup = Setup(args.threads, args.device, args.jvp, backbone)
+        train = in_child(_train_steps, "backbone", list(range(8)), True, batches, warmup, setup)
+        epoch = train["first"] * EPOCH_FRAMES / args.batch_size
+        cells = []
+        for forces in (True, False):
+            result = in_child(_closed_form, list(range(8)), forces, "auto", batches, warmup,
+                              setup)  # fmt: skip
+            total = result["per_frame"] * (EPOCH_FRAMES + VALIDATION_FRAMES) + result["solve"]
+            cells.append((result, total / epoch))
+        (both, both_epochs), (energy, energy_epochs) = cells
+        peak = max(train["peak_mb"], both["peak_mb"], energy["peak_mb"])
+        print(f"{backbone:>8} {both['features']:>8} {epoch:>8.1f} "
+              f"{1000 * both['per_frame']:>13.0f} {both['solve']:>8.1f} {both_epochs:>7.2f} "
+              f"{1000 * energy['per_frame']:>11.1f} {energy['solve']:>8.1f} {energy_epochs:>7.2f} "
+              f"{peak:>8.0f}")  # fmt: skip
 
 
 def _cells(args, setup, in_child) -> None:
