@@ -17,7 +17,7 @@ from typing import Any
 import ase.data
 
 from ._keys import MAX_PROBE_L
-from .heads import CONTROL, NULL, PROBE, Head
+from .heads import CONTROL, NULL, PROBE, Head, slots
 
 MODEL_ID_PREFIX = "nequip.net:"  # a model NequIP fetches (and caches) by its ID
 COMPILED_MODELS = (".nequip.pt2", ".nequip.pth", ".pt2", ".pth")  # nequip-compile output
@@ -131,7 +131,10 @@ class SpectralProbeConfig:
           over this many folds of the training and validation frames, each a block of frames
           consecutive in their trajectory (never a frame's neighbours in time on both sides of
           a fit), and a head takes feature weight only where that helps on every fold
-        feature_tap: which backbone features the SPN reads (``auto``)
+        feature_tap: which backbone features the heads read: ``auto`` (NequIP: the input of
+          the last interaction layer; Allegro: its last layer's tensors), a module name of
+          the backbone's network, ``layers`` (every layer whose features have ``l > 0``, from
+          one pass: a spectrum per layer) or a list of module names
         seed: seed of the marked directions, the marked centers and the SPN weights
 
     Why centers and neighbors must not overlap, and ``center_fraction``. A pair counted in
@@ -188,7 +191,7 @@ class SpectralProbeConfig:
     feature_budget: int = _option(8000, "positive integer")
     force_directions: int | str = _option("auto", "auto, all, a positive integer")
     ridge_folds: int = _option(5, "integer, at least 2")
-    feature_tap: str = _option("auto", "auto, a module name")
+    feature_tap: str | tuple = _option("auto", "auto, layers, a module name, a list of them")
     seed: int = _option(0, "integer")
 
     @classmethod
@@ -314,17 +317,38 @@ class SpectralProbeConfig:
             )
         if not _is_int(self.ridge_folds) or self.ridge_folds < 2:
             _fail("ridge_folds", f"must be an integer of at least 2, got {self.ridge_folds!r}")
-        if not isinstance(self.feature_tap, str) or not self.feature_tap:
-            _fail("feature_tap", f"must be 'auto' or a module name, got {self.feature_tap!r}")
+        taps = (self.feature_tap,) if isinstance(self.feature_tap, str) else self.feature_tap
+        if not isinstance(taps, tuple) or not taps or not all(
+            isinstance(tap, str) and tap for tap in taps
+        ):
+            _fail("feature_tap", "must be 'auto', 'layers', a module name or a list of module "
+                  f"names, got {self.feature_tap!r}")  # fmt: skip
+        if len(taps) > 1 and ({"auto", "layers"} & set(taps) or len(set(taps)) < len(taps)):
+            _fail("feature_tap", f"a list must name distinct modules, got {list(taps)}")
         if not _is_int(self.seed):
             _fail("seed", f"must be an integer, got {self.seed!r}")
 
-    def heads(self, backbone: int, fit: str) -> list[Head]:
-        """The heads of one set, in order: one per probed ``l``, with the closed form a null
-        head per ``l > 0`` too (one more right-hand side of the same normal equations;
-        ``s_0`` does not depend on the direction, so ``l = 0`` has no null), and the control
-        head last."""
-        return [Head(backbone, fit, l, role) for l, role in self.head_roles]
+    def heads(self, slot: tuple, fit: str) -> list[Head]:
+        """The heads of one set of a slot ``(backbone, tap)``, in order: one per probed
+        ``l``, with the closed form a null head per ``l > 0`` too (one more right-hand side of
+        the same normal equations; ``s_0`` does not depend on the direction, so ``l = 0`` has
+        no null), and the control head last."""
+        backbone, tap = slot
+        return [Head(backbone, fit, l, role, tap) for l, role in self.head_roles]
+
+    @property
+    def tap_names(self) -> tuple:
+        """The taps of every backbone: ``feature_tap`` as a tuple, ``layers`` resolved on the
+        first backbone (loaded once a process)."""
+        if self.feature_tap == "layers":
+            from .nn.tap import tap_names
+
+            return tap_names(self.backbones[0], self.feature_tap)
+        return (self.feature_tap,) if isinstance(self.feature_tap, str) else self.feature_tap
+
+    def slots(self) -> list[tuple]:
+        """``(backbone, tap)`` of every set of heads (:func:`~nequip_spectral.heads.slots`)."""
+        return slots(len(self.backbones), len(self.tap_names))
 
     @property
     def head_roles(self) -> list[tuple]:

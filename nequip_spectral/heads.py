@@ -45,6 +45,8 @@ class Head:
 
     Args:
         backbone: index of its backbone in ``spectral_probe.backbones``
+        tap: index of the features it reads among the backbone's taps (``feature_tap``);
+          ``None`` when there is one tap
         fit: its set: ``e`` (energy spectrum) or ``f`` (force spectrum)
         l: the probed degree (``None`` for the control head)
         role: ``probe`` (recovers the signal injected along the marked direction), ``null``
@@ -57,13 +59,16 @@ class Head:
     fit: str
     l: int | None
     role: str = PROBE
+    tap: int | None = None
 
     @property
     def name(self) -> str:
-        """``e_l4``, ``e_null4``, ``e_none``: the head within its backbone."""
+        """``e_l4``, ``e_null4``, ``e_none`` (``t1_e_l4``: at the second tap): the head
+        within its backbone."""
+        at = "" if self.tap is None else f"t{self.tap}_"
         if self.role == CONTROL:
-            return f"{self.fit}_none"
-        return f"{self.fit}_{'null' if self.role == NULL else 'l'}{self.l}"
+            return f"{at}{self.fit}_none"
+        return f"{at}{self.fit}_{'null' if self.role == NULL else 'l'}{self.l}"
 
     @property
     def intercept(self) -> bool:
@@ -93,3 +98,10 @@ class Head:
         if target == "injected":
             return torch.zeros_like(data[_LABEL[kind]]) + injected
         return data[_LABEL[kind]] + injected - outputs[_BACKBONE[kind](self.backbone)]
+
+
+def slots(num_backbones: int, num_taps: int) -> list[tuple]:
+    """``(backbone, tap)`` of every set of heads, backbone-major; the tap is ``None`` when
+    there is one (the heads keep the names of a one-tap run)."""
+    taps = [None] if num_taps == 1 else range(num_taps)
+    return [(b, t) for b in range(num_backbones) for t in taps]

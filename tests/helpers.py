@@ -190,31 +190,24 @@ def closed_form_report(model, train, validation, test, n_bootstrap=200, batch_si
         model: a :class:`~nequip_spectral.nn.SpectralProbeModel` (``build(...).model``)
         train, validation, test: lists of frames (``aspirin_frames``)
     """
-    import dataclasses
-
-    from nequip_spectral.heads import KINDS
     from nequip_spectral.report import batch_frame_sums, build_report
     from nequip_spectral.report.frames import FrameSums
     from nequip_spectral.solvers.closed_form import collect, solve_heads
+    from nequip_spectral.train.report_writer import report_context
 
-    kinds = KINDS if model.with_forces else ("energy",)
     solve_heads(model, collect(model, [train, validation], batch_size, "cpu"), 1.0, 1.0)
     heads, controls = [], []
     for start in range(0, len(test), batch_size):
         batch = AtomicDataDict.batched_from_list(test[start : start + batch_size])
-        head, control = batch_frame_sums(
-            model(batch), batch, model.probe, len(model.backbones), kinds
-        )
+        head, control = batch_frame_sums(model(batch), batch, model.probe, model.slots,
+                                         model.kinds)  # fmt: skip
         heads.append(head.numpy())
         controls.append(control.numpy())
-    context = {
-        "probe": dataclasses.asdict(model.probe), "L": model.backbones[0].irreps.lmax,
-        "kinds": list(kinds), "head_parameters": model.parameters_per_head,
-        "solver": {}, "n_bootstrap": n_bootstrap, "block_length": None,
-    }  # fmt: skip
+    atoms = [len(frame[AtomicDataDict.POSITIONS_KEY]) for frame in test]
     order = np.arange(len(test))
     frames = FrameSums(np.concatenate(heads, 1), np.concatenate(controls, 1),
-                       np.array(["test"] * len(test)), order, order, context)  # fmt: skip
+                       np.array(["test"] * len(test)), order, order,
+                       report_context(model, atoms, n_bootstrap, None))  # fmt: skip
     return build_report(frames)
 
 

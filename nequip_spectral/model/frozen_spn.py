@@ -25,8 +25,8 @@ def FrozenBackboneSPN(probe, type_names, r_max: float):
 
     Every backbone is checked before anything trains: the file loads, its type names are
     ``type_names``, its ``r_max`` fits the neighbor list, its tapped features have ``l > 0``,
-    and all backbones share the same degree ``L``. The probe checkpoint does not store the
-    backbones: reloading it loads them again from their paths.
+    and all backbones have as many taps, of the same degrees ``L``. The probe checkpoint does
+    not store the backbones: reloading it loads them again from their paths.
 
     Args:
         seed (int): seed of the SPN heads' weights
@@ -52,10 +52,15 @@ def FrozenBackboneSPN(probe, type_names, r_max: float):
                 f"spectral_probe.backbones: {backbone.path} has r_max {backbone_r_max}, more "
                 f"than the neighbor list's {r_max}"
             )
-    degrees = {backbone.irreps.lmax for backbone in backbones}
-    if len(degrees) > 1:
+    # as many taps, of the same degrees (the taps' names, from the first backbone, may differ:
+    # NequIP and Allegro backbones of one L are probed together)
+    shapes = {tuple(ir.lmax for ir in backbone.tap_irreps) for backbone in backbones}
+    if len(shapes) > 1:
+        described = "; ".join(f"{b.path}: " + ", ".join(
+            f"{tap} (L = {ir.lmax})" for tap, ir in zip(b.taps, b.tap_irreps, strict=True))
+            for b in backbones)  # fmt: skip
         raise SpectralProbeError(
-            f"spectral_probe.backbones: the tapped features have different degrees L {degrees}; "
-            "probe backbones of one architecture together"
+            "spectral_probe.backbones: the tapped features have different degrees L or taps "
+            f"({described}); probe backbones of one architecture together"
         )
     return SpectralProbeModel(backbones, probe, list(type_names))

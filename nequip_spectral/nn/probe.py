@@ -15,7 +15,7 @@ from .._keys import (
 )
 from ..config import SpectralProbeConfig
 from ..data.injection import frame_digest
-from ..heads import ENERGY_FIT, FORCE_FIT, KINDS
+from ..heads import ENERGY_FIT, FORCE_FIT, KINDS, slots
 from ..theory.ridge import sketch_directions
 from .cache import FrameCache, batch_frame_keys
 from .polynomial import LinearHeads
@@ -49,9 +49,10 @@ class ProbeBatch(NamedTuple):
 
 
 class SpectralProbeModel(GraphModuleMixin, torch.nn.Module):
-    """SPN heads for every probed ``l`` plus the control head, for every frozen backbone.
+    """SPN heads for every probed ``l`` plus the control head, for every frozen backbone and
+    each of its taps (``feature_tap``; a *slot* is a backbone's tap, backbone-major).
 
-    Each backbone has one set of heads per spectrum: ``e`` heads fitted to energies alone
+    Each slot has one set of heads per spectrum: ``e`` heads fitted to energies alone
     (the energy spectrum) and, with ``spectral_probe.force_spectrum``, ``f`` heads fitted to
     energies and forces (the force spectrum). A head is an :class:`SPNHeads` head (``solver:
     sgd``) or a :class:`LinearHeads` head (``solver: closed_form``), plus a per-type energy.
@@ -77,7 +78,8 @@ class SpectralProbeModel(GraphModuleMixin, torch.nn.Module):
         self.probe = SpectralProbeConfig.from_block(probe)
         self._backbones = tuple(backbones)
         self._cache = FrameCache()  # the backbones' per-frame outputs, on the CPU
-        self.irreps = [backbone.irreps for backbone in backbones]
+        self.slots = slots(len(backbones), len(backbones[0].taps))  # (backbone, tap) a set
+        self.irreps = [backbones[b].tap_irreps[t or 0] for b, t in self.slots]
         self.fits = (ENERGY_FIT, FORCE_FIT) if self.probe.force_spectrum else (ENERGY_FIT,)
         self.num_heads = len(self.probe.head_roles)  # of a set
         self.batched_jvp = None  # see feature_derivatives (the benchmark sets it)
@@ -87,12 +89,14 @@ class SpectralProbeModel(GraphModuleMixin, torch.nn.Module):
         self.shifts = torch.nn.ParameterDict(
             {
                 fit: torch.nn.Parameter(
-                    torch.zeros(len(backbones), len(type_names), self.num_heads)
+                    torch.zeros(len(self.slots), len(type_names), self.num_heads)
                 )
                 for fit in self.fits
             }
         )
-        self.irreps_harmonics = self.heads[ENERGY_FIT][0].irreps_harmonics
+        # the harmonics of the highest ceiling: a head of a lower one reads their first blocks
+        self.irreps_harmonics = max((heads.irreps_harmonics for heads in self.heads[ENERGY_FIT]),
+                                    key=lambda irreps: irreps.dim)  # fmt: skip
         # built once: e3nn's spherical_harmonics() compiles a new module on every call
         self.harmonics = o3.SphericalHarmonics(self.irreps_harmonics, normalize=True,
                                                normalization="integral")  # fmt: skip
@@ -106,8 +110,9 @@ class SpectralProbeModel(GraphModuleMixin, torch.nn.Module):
             if self.with_backbone_prediction:
                 irreps_out[backbone_energy_key(b)] = "0e"
                 irreps_out[backbone_forces_key(b)] = "1o"
+        for slot in self.slots:
             for fit in self.fits:
-                for head in self.probe.heads(b, fit):
+                for head in self.probe.heads(slot, fit):
                     irreps_out[head.output_key("energy")] = "0e"
                     if fit == FORCE_FIT:
                         irreps_out[head.output_key("forces")] = "1o"
@@ -139,9 +144,22 @@ class SpectralProbeModel(GraphModuleMixin, torch.nn.Module):
         return FORCE_FIT in self.fits
 
     @property
+    def ceilings(self) -> list[int]:
+        """``d_r L`` of each tap: the highest degree its heads can represent."""
+        return [self.probe.degree * irreps.lmax for irreps in self.irreps[: self.num_taps]]
+
+    @property
     def ceiling(self) -> int:
-        """``d_r L``: the highest degree the heads can represent."""
-        return self.probe.degree * self.irreps[0].lmax
+        """``d_r L`` of the last tap."""
+        return self.ceilings[-1]
+
+    @property
+    def num_taps(self) -> int:
+        return len(self._backbones[0].taps)
+
+    def slot_harmonics(self, s: int, harmonics: torch.Tensor) -> torch.Tensor:
+        """The harmonics the heads of slot ``s`` read (those up to its tap's ceiling)."""
+        return harmonics[:, : self.heads[ENERGY_FIT][s].irreps_harmonics.dim]
 
     @property
     def kinds(self) -> tuple:
@@ -160,7 +178,8 @@ class SpectralProbeModel(GraphModuleMixin, torch.nn.Module):
         return self._cache.bytes
 
     def backbone_outputs(self, data):
-        """Per backbone: tapped features, and the backbone's energy and forces (or ``None``).
+        """Per backbone: every tap's features (a list, one forward pass for all), and the
+        backbone's energy and forces (or ``None``).
 
         The backbone's predictions are the same in every epoch: they come from the cache once
         computed. So do the features when no forces are needed (no force spectrum).
@@ -174,8 +193,7 @@ class SpectralProbeModel(GraphModuleMixin, torch.nn.Module):
             energy = self._cache.get(frames, f"energy{b}", pos.device)
             forces = self._cache.get(frames, f"forces{b}", pos.device)
             if self.with_forces:
-                tapped = backbone.tap(dict(data))
-                features = tapped[AtomicDataDict.NODE_FEATURES_KEY]
+                tapped, features = backbone.tap(dict(data))
                 if self.with_backbone_prediction and forces is None:
                     energy = backbone.energy(tapped)
                     (grad,) = torch.autograd.grad(energy.sum(), pos, retain_graph=True)
@@ -183,13 +201,14 @@ class SpectralProbeModel(GraphModuleMixin, torch.nn.Module):
                     self._cache.put(frames, f"energy{b}", energy, per_frame)
                     self._cache.put(frames, f"forces{b}", forces, sizes)
             else:
-                features = self._cache.get(frames, f"features{b}", pos.device)
+                keys = [f"features{b}_{t}" for t in range(len(backbone.taps))]
+                features = [self._cache.get(frames, key, pos.device) for key in keys]
                 want_energy = self.with_backbone_prediction and energy is None
-                if features is None or want_energy:
+                if features[0] is None or want_energy:
                     with torch.no_grad():
-                        tapped = backbone.tap(dict(data))
-                        features = tapped[AtomicDataDict.NODE_FEATURES_KEY]
-                        self._cache.put(frames, f"features{b}", features, sizes)
+                        tapped, features = backbone.tap(dict(data))
+                        for key, tap_features in zip(keys, features, strict=True):
+                            self._cache.put(frames, key, tap_features, sizes)
                         if want_energy:
                             energy = backbone.energy(tapped)
                             self._cache.put(frames, f"energy{b}", energy, per_frame)
@@ -215,79 +234,89 @@ class SpectralProbeModel(GraphModuleMixin, torch.nn.Module):
     def forward(self, data: AtomicDataDict.Type) -> AtomicDataDict.Type:
         batch = self.read(data, dtype=next(self.parameters()).dtype)
         out = dict(batch.data)
-        for b, (features, energy, forces) in enumerate(self.backbone_outputs(batch.data)):
+        s = 0  # the slot: (backbone, tap), backbone-major
+        for b, (taps, energy, forces) in enumerate(self.backbone_outputs(batch.data)):
             out.update(backbone_predictions(b, energy, forces))
-            for fit in self.fits:
-                heads = self.heads[fit][b]
-                inputs = features.detach().to(batch.harmonics.dtype)
-                if fit == FORCE_FIT:
-                    # each head reads its own copy: one backward gives every head's gradient
-                    # with respect to the features, and none flows into the backbone
-                    inputs = inputs.expand(heads.num_heads, -1, -1).clone().requires_grad_()
-                per_atom = heads(inputs, batch.harmonics).T + self.shifts[fit][b][batch.types]
-                head_energies = batch.frame_sum(per_atom * batch.readout)
-                if fit == FORCE_FIT:
-                    (feature_grads,) = torch.autograd.grad(
-                        head_energies.sum(), inputs, create_graph=self.training
-                    )
-                    head_forces = _ForcesThroughBackbone.apply(
-                        feature_grads, features, batch.pos, self.batched_jvp
-                    )
-                for h, head in enumerate(self.probe.heads(b, fit)):
-                    out[head.output_key("energy")] = head_energies[:, h : h + 1]
-                    if fit == FORCE_FIT:
-                        out[head.output_key("forces")] = head_forces[h].to(per_atom.dtype)
+            for features in taps:
+                for fit in self.fits:
+                    out.update(self._head_outputs(s, fit, features, batch))
+                s += 1
+        return out
+
+    def _head_outputs(self, s: int, fit: str, features, batch: "ProbeBatch") -> dict:
+        """The energies (and with the force spectrum, forces) of slot ``s``'s set ``fit``."""
+        heads = self.heads[fit][s]
+        inputs = features.detach().to(batch.harmonics.dtype)
+        if fit == FORCE_FIT:
+            # each head reads its own copy: one backward gives every head's gradient
+            # with respect to the features, and none flows into the backbone
+            inputs = inputs.expand(heads.num_heads, -1, -1).clone().requires_grad_()
+        harmonics = self.slot_harmonics(s, batch.harmonics)
+        per_atom = heads(inputs, harmonics).T + self.shifts[fit][s][batch.types]
+        head_energies = batch.frame_sum(per_atom * batch.readout)
+        if fit == FORCE_FIT:
+            (feature_grads,) = torch.autograd.grad(
+                head_energies.sum(), inputs, create_graph=self.training
+            )
+            head_forces = _ForcesThroughBackbone.apply(
+                feature_grads, features, batch.pos, self.batched_jvp
+            )
+        out = {}
+        for h, head in enumerate(self.probe.heads(self.slots[s], fit)):
+            out[head.output_key("energy")] = head_energies[:, h : h + 1]
+            if fit == FORCE_FIT:
+                out[head.output_key("forces")] = head_forces[h].to(per_atom.dtype)
         return out
 
     # what a solver asks of the probe: the rows of the closed form's least squares, loading a
     # solution, one head's weights (each head its own best epoch)
 
-    @property
-    def num_features(self) -> int:
-        """Features per closed-form head (the columns of its least squares)."""
-        return self.heads[ENERGY_FIT][0].features.num_features
+    def num_features(self, s: int = -1) -> int:
+        """Features per closed-form head of slot ``s`` (the columns of its least squares)."""
+        return self.heads[ENERGY_FIT][s].features.num_features
 
     @property
     def num_types(self) -> int:
         return self.shifts[ENERGY_FIT].shape[1]
 
-    @property
-    def mixed_irreps(self) -> str:
-        """The irreps a closed-form head's features are built from."""
-        return str(self.heads[ENERGY_FIT][0].features.irreps_mix)
+    def mixed_irreps(self, s: int = -1) -> str:
+        """The irreps a closed-form head's features of slot ``s`` are built from."""
+        return str(self.heads[ENERGY_FIT][s].features.irreps_mix)
 
     @property
     def parameters_per_head(self) -> int:
-        return self.heads[ENERGY_FIT][0].parameters_per_head
+        return self.heads[ENERGY_FIT][-1].parameters_per_head
 
     def describe_features(self) -> str:
-        """``84 features per head (8x0e+...)``: what a closed-form head reads."""
-        return f"{self.num_features} features per head ({self.mixed_irreps})"
+        """``84 features per head (8x0e+...)``: what a closed-form head reads (of each tap)."""
+        return ", ".join(f"{self.num_features(t)} features per head ({self.mixed_irreps(t)})"
+                         + (f" at {tap}" if self.num_taps > 1 else "")
+                         for t, tap in enumerate(self._backbones[0].taps))  # fmt: skip
 
     def least_squares_rows(self, data) -> list["LeastSquaresRows"]:
-        """Every backbone's rows of the closed form's least squares for a batch, in float64.
+        """Every slot's rows of the closed form's least squares for a batch, in float64.
 
         Energy rows: the features summed over the readout atoms, per atom. With the force
         spectrum, force rows: the heads' forces along directions ``v``, minus the derivative of
-        the features along ``v``, one Jacobian-vector product through the backbone each; every
-        force component, or a sketch of random directions (``force_directions``,
-        :meth:`force_sketch`).
+        the features along ``v``, one Jacobian-vector product through the backbone each (for
+        all its taps at once); every force component, or a sketch of random directions
+        (``force_directions``, :meth:`force_sketch`).
         """
         batch = self.read(data, torch.float64)
         num_atoms = batch.data[AtomicDataDict.NUM_NODES_KEY].view(-1, 1).to(torch.float64)
         counts = batch.readout.new_zeros(batch.num_frames, self.num_types)
         counts.index_put_((batch.frames, batch.types), batch.readout.squeeze(-1), accumulate=True)
 
-        def frame_features(b, features):  # (..., frames, K)
-            heads = self.heads[ENERGY_FIT][b]
-            return batch.frame_sum(heads.features(features.to(torch.float64), batch.harmonics)
-                                   * batch.readout)  # fmt: skip
+        def frame_features(s, features):  # (..., frames, K)
+            harmonics = self.slot_harmonics(s, batch.harmonics)
+            return batch.frame_sum(self.heads[ENERGY_FIT][s].features(
+                features.to(torch.float64), harmonics) * batch.readout)  # fmt: skip
 
         tangents = self.force_sketch(batch) if self.with_forces else []
         rows = []
-        for b, (features, energy, forces) in enumerate(self.backbone_outputs(batch.data)):
+        for b, (taps, energy, forces) in enumerate(self.backbone_outputs(batch.data)):
             outputs = backbone_predictions(b, energy, forces)
-            heads = self.probe.heads(b, ENERGY_FIT)  # (the targets are the same in every set)
+            heads = self.probe.heads((b, None), ENERGY_FIT)  # (the same targets in every set)
 
             def targets(kind, heads=heads, outputs=outputs):  # (values, [3,] heads)
                 return torch.stack(
@@ -295,27 +324,34 @@ class SpectralProbeModel(GraphModuleMixin, torch.nn.Module):
                      .to(torch.float64) for head in heads], dim=-1)  # fmt: skip
 
             with torch.no_grad():
-                energy_rows = frame_features(b, features.detach()) / num_atoms
                 energy_targets = targets("energy")[:, 0] / num_atoms
-            if not self.with_forces:
-                rows.append(LeastSquaresRows(energy_rows, counts / num_atoms, energy_targets))
-                continue
-            # the features' derivatives along every direction, then the feature map's
-            derivatives = feature_derivatives(features, batch.pos, tangents, self.batched_jvp)
-            derivatives = derivatives.to(torch.float64)
-            with torch.no_grad():
-                x = features.detach().to(torch.float64)
-
-                def derivative(d, b=b, x=x):  # of the per-frame features along d
-                    return torch.func.jvp(lambda z: frame_features(b, z), (x,), (d,))[1]
-
-                along_features = torch.cat(  # directions in chunks: (S, atoms, K) is large
-                    [torch.func.vmap(derivative)(chunk) for chunk in derivatives.split(16)]
+                if self.with_forces:
+                    along = batch.frame_sum(torch.einsum(
+                        "snc,nch->snh", tangents.to(torch.float64), targets("forces")))  # fmt: skip
+            if self.with_forces:  # every tap's derivatives along every direction, at once
+                derivatives = feature_derivatives(torch.cat(taps, dim=-1), batch.pos, tangents,
+                                                  self.batched_jvp)  # fmt: skip
+                derivatives = derivatives.to(torch.float64).split(
+                    [features.shape[-1] for features in taps], dim=-1
                 )
-                along = batch.frame_sum(torch.einsum("snc,nch->snh", tangents.to(torch.float64),
-                                                     targets("forces")))  # fmt: skip
-            rows.append(LeastSquaresRows(energy_rows, counts / num_atoms, energy_targets,
-                                         -along_features, along, 3 * num_atoms.view(-1)))
+            for t, features in enumerate(taps):
+                s = b * len(taps) + t
+                with torch.no_grad():
+                    x = features.detach().to(torch.float64)
+                    energy_rows = frame_features(s, x) / num_atoms
+                if not self.with_forces:
+                    rows.append(LeastSquaresRows(energy_rows, counts / num_atoms, energy_targets))
+                    continue
+                with torch.no_grad():  # the feature map's derivatives
+
+                    def derivative(d, s=s, x=x):  # of the per-frame features along d
+                        return torch.func.jvp(lambda z: frame_features(s, z), (x,), (d,))[1]
+
+                    along_features = torch.cat(  # directions in chunks: (S, atoms, K) is large
+                        [torch.func.vmap(derivative)(chunk) for chunk in derivatives[t].split(16)]
+                    )
+                rows.append(LeastSquaresRows(energy_rows, counts / num_atoms, energy_targets,
+                                             -along_features, along, 3 * num_atoms.view(-1)))
         return rows
 
     def force_sketch(self, batch: "ProbeBatch") -> torch.Tensor:
@@ -334,33 +370,33 @@ class SpectralProbeModel(GraphModuleMixin, torch.nn.Module):
             start += directions.shape[1]
         return tangents.to(device=pos.device, dtype=pos.dtype)
 
-    def load_solution(self, fit: str, backbone: int, weights, intercepts, alpha) -> None:
-        """Set a closed-form set's ``(features, heads)`` weights, ``(types, heads)`` per-type
-        energies and ``(heads,)`` ridge strengths."""
+    def load_solution(self, fit: str, s: int, weights, intercepts, alpha) -> None:
+        """Set slot ``s``'s closed-form set's ``(features, heads)`` weights, ``(types,
+        heads)`` per-type energies and ``(heads,)`` ridge strengths."""
         with torch.no_grad():
-            heads = self.heads[fit][backbone]
+            heads = self.heads[fit][s]
             heads.weights.copy_(weights)
             heads.alpha.copy_(alpha)
-            self.shifts[fit][backbone] = intercepts
+            self.shifts[fit][s] = intercepts
 
     def ridge_strengths(self, fit: str) -> list[list[float]] | None:
-        """Each closed-form head's ridge strength, per backbone (``None`` with ``sgd``)."""
+        """Each closed-form head's ridge strength, per slot (``None`` with ``sgd``)."""
         if self.probe.solver != "closed_form":
             return None
         return [heads.alpha.tolist() for heads in self.heads[fit]]
 
-    def head_state(self, fit: str, backbone: int, h: int) -> dict:
-        """A copy of head ``h``'s own weights (its slice of every weight of its set)."""
-        heads = self.heads[fit][backbone]
+    def head_state(self, fit: str, s: int, h: int) -> dict:
+        """A copy of head ``h`` of slot ``s`` (its slice of every weight of its set)."""
+        heads = self.heads[fit][s]
         state = {name: p[h].detach().clone() for name, p in heads.named_parameters()}
-        state["shift"] = self.shifts[fit][backbone, :, h].detach().clone()
+        state["shift"] = self.shifts[fit][s, :, h].detach().clone()
         return state
 
-    def load_head_state(self, fit: str, backbone: int, h: int, state: dict) -> None:
+    def load_head_state(self, fit: str, s: int, h: int, state: dict) -> None:
         with torch.no_grad():
-            for name, parameter in self.heads[fit][backbone].named_parameters():
+            for name, parameter in self.heads[fit][s].named_parameters():
                 parameter[h] = state[name]
-            self.shifts[fit][backbone, :, h] = state["shift"]
+            self.shifts[fit][s, :, h] = state["shift"]
 
 
 class LeastSquaresRows(NamedTuple):

@@ -43,6 +43,10 @@ def build_report(
 ) -> dict:
     """The report dictionary (``spectral_report.json``) from the test set's per-frame sums.
 
+    With several taps (``feature_tap: layers``), the report of the last tap (the one
+    ``auto`` reads) with ``layers``: every tap's own report (its ``L``, ceiling, null floor
+    and cliff), in the order the network computes them.
+
     Args:
         frames: the per-frame sums and their context (the probe block, ``L``, the kinds, the
             solver summary; the kinds' first one, forces when measured, is behind ``rho``,
@@ -53,6 +57,12 @@ def build_report(
         frame_order: ``source`` (blocks of frames consecutive in the trajectory) or
             ``loader`` (the order the test loader gave, for comparison)
     """
+    if len(frames.taps) > 1:  # the last tap's report, with every tap's as its layers
+        layers = [build_report(frames.at_tap(t), n_bootstrap, block_length, frame_order)
+                  for t in range(len(frames.taps))]  # fmt: skip
+        taps = [tap["name"] for tap in frames.taps]
+        return {**layers[-1], "layers": [{"tap": tap, "report": report}
+                                         for tap, report in zip(taps, layers, strict=True)]}
     context = frames.context
     probe = SpectralProbeConfig.from_block(context["probe"])
     kinds = tuple(context["kinds"])

@@ -66,13 +66,16 @@ class FrameSums:
     """The test set's per-frame sums in trajectory order, and what the report needs besides.
 
     Attributes:
-        head: ``(backbones, frames, kinds, l_values, 6)`` per-frame head sums
-        control: ``(backbones, frames, kinds, 3)`` per-frame control sums
+        head: ``(slots, frames, kinds, l_values, 6)`` per-frame head sums, a slot a
+            backbone's tap (backbone-major)
+        control: ``(slots, frames, kinds, 3)`` per-frame control sums
         source_file, source_index: ``(frames,)`` where each frame comes from (``""``, ``-1``
             where unknown)
         loader_position: ``(frames,)`` each frame's position in the order the test loader (or
             the gathered DDP ranks) gave it
-        context: the probe block, ``L``, the kinds, the solver summary, the bootstrap settings
+        context: the probe block, ``L``, the kinds, the solver summary, the taps (each with
+            its ``L`` and solver summary; ``L`` and the solver's are the last's), the bootstrap
+            settings
     """
 
     head: np.ndarray
@@ -110,6 +113,22 @@ class FrameSums:
             loader_position=keep,
             context=context,
         )
+
+    @property
+    def taps(self) -> list[dict]:
+        """``{"name", "L", "solver"}`` of every tap (one for the files of earlier versions)."""
+        context = self.context
+        return context.get("taps") or [{"name": None, "L": context["L"],
+                                        "solver": context["solver"]}]  # fmt: skip
+
+    def at_tap(self, t: int) -> "FrameSums":
+        """The sums of the heads that read tap ``t`` (the slots are backbone-major)."""
+        taps = self.taps
+        step = len(taps)
+        context = {**self.context, "L": taps[t]["L"], "solver": taps[t]["solver"],
+                   "taps": [taps[t]]}  # fmt: skip
+        return dataclasses.replace(self, head=self.head[t::step], control=self.control[t::step],
+                                   context=context)  # fmt: skip
 
     @property
     def sources_known(self) -> bool:

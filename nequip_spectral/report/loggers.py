@@ -1,6 +1,7 @@
 """The report to the trainer's loggers (TensorBoard, Weights & Biases, CSV...), under
 ``spectral/``: the per-``l`` readings of both spectra, Delta and its interval, the cliff and the
-chosen ridge strengths as metrics, and the spectrum's picture to loggers that take images."""
+chosen ridge strengths as metrics (with several taps, each tap's under ``spectral/TAP/``), and
+the spectrum's picture to loggers that take images."""
 
 import math
 
@@ -31,10 +32,13 @@ def report_metrics(report: dict) -> dict:
         if key.startswith("alpha_"):  # the closed form's ridge strength of each head
             fit = key.removeprefix("alpha_")
             for b, alphas in enumerate(per_backbone):
-                for head, alpha in zip(probe.heads(b, fit), alphas, strict=True):  # null: inf
+                for head, alpha in zip(probe.heads((b, None), fit), alphas, strict=True):
                     metrics[f"{PREFIX}/alpha/b{b}/{head.name}"] = (
-                        math.inf if alpha is None else alpha
+                        math.inf if alpha is None else alpha  # null: no feature weight
                     )
+    for layer in report.get("layers", []):  # spectral/layer1_convnet/rho_forces/l4, ...
+        for name, value in report_metrics(layer["report"]).items():
+            metrics[name.replace(PREFIX, f"{PREFIX}/{layer['tap']}", 1)] = value
     return {name: float(value) for name, value in metrics.items() if value is not None}
 
 

@@ -1,5 +1,6 @@
 """The spectrum's picture: the recovered reading and R2_inj per ``l``, the null floor shaded,
-the predicted ceiling marked."""
+the predicted ceiling marked; with several taps, a heat map of each spectrum's recovered
+reading over layer and ``l`` beneath."""
 
 import numpy as np
 
@@ -15,6 +16,8 @@ def plot_spectrum(report: dict, path) -> None:
     reading with nothing to recover falls 95% of the time) and the predicted ceiling marked.
 
     The axes show ``[-1, 1.5]``; a value beyond is drawn on the edge with an open marker.
+    With several taps (``layers``), the curves are the last tap's, and beneath them each
+    spectrum's recovered reading per tap and ``l`` (:func:`_layer_map`).
     """
     import matplotlib
 
@@ -22,7 +25,12 @@ def plot_spectrum(report: dict, path) -> None:
     import matplotlib.pyplot as plt
 
     ls = [int(l) for l in report["per_l"]]
-    fig, axes = plt.subplots(1, 2, figsize=(10, 4), sharex=True)
+    layers = report.get("layers")
+    fig = plt.figure(figsize=(10, 8 if layers else 4))
+    grid = fig.add_gridspec(2 if layers else 1, 2)
+    axes = [fig.add_subplot(grid[0, i]) for i in range(2)]
+    for i, kind in enumerate(report["spectra"] if layers else ()):
+        _layer_map(fig.add_subplot(grid[1, i]), report, kind)
     titles = {"rho_recovered": "injected power recovered (rho less its chance part)",
               "R2_inj": "R2_inj"}  # fmt: skip
     for ax, (metric, title) in zip(axes, titles.items(), strict=True):
@@ -65,3 +73,30 @@ def plot_spectrum(report: dict, path) -> None:
     fig.savefig(path, dpi=120)
     plt.close(fig)
 
+
+
+def _layer_map(ax, report: dict, kind: str) -> None:
+    """``rec`` of ``kind`` over tap (rows, in network order) and ``l``: each tap's ceiling a
+    black bar after its cell, the cells whose interval reaches into the tap's null floor
+    greyed (``~`` in the table)."""
+    from matplotlib.patches import Rectangle
+
+    from .table import floor_mark
+
+    layers = report["layers"]
+    ls = list(report["per_l"])
+    values = np.array([[np.nan if (v := layer["report"]["per_l"][l][f"rho_recovered_{kind}"])
+                        is None else v for l in ls] for layer in layers])  # fmt: skip
+    image = ax.imshow(values, cmap="viridis", vmin=0.0, vmax=1.0, aspect="auto")
+    for row, layer in enumerate(layers):
+        tapped = layer["report"]
+        for column, l in enumerate(ls):
+            if floor_mark(tapped, tapped["per_l"][l], kind) == "~":
+                ax.add_patch(Rectangle((column - 0.5, row - 0.5), 1, 1, color="lightgray"))
+            if int(l) == tapped["boundary"]:
+                ax.plot([column + 0.5] * 2, [row - 0.5, row + 0.5], color="k", linewidth=3)
+    ax.set_xticks(range(len(ls)), ls)
+    ax.set_yticks(range(len(layers)), [layer["tap"] for layer in layers])
+    ax.set_xlabel("l (bar: the tap's ceiling d_r L; grey: in its null floor)")
+    ax.set_title(f"recovered ({kind.replace('forces', 'force')} spectrum) per tap")
+    ax.figure.colorbar(image, ax=ax)

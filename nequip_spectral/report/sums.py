@@ -8,16 +8,17 @@ from ..heads import SPECTRUM_FIT
 from ..theory.metrics import frame_sums
 
 
-def batch_frame_sums(outputs, data, probe: SpectralProbeConfig, num_backbones: int, kinds):
+def batch_frame_sums(outputs, data, probe: SpectralProbeConfig, slots, kinds):
     """Per-frame sums of one test batch (see :mod:`nequip_spectral.theory.metrics`), on the CPU.
 
     Each kind is read from the heads of its spectrum: energies from the ``e`` heads, forces
     from the ``f`` heads.
 
     Returns:
-        ``head`` of shape ``(backbones, frames, kinds, heads, 6)`` (the heads of
-        ``probe.heads(b, fit)`` but the control: each ``l``, then the null heads) and
-        ``control`` of shape ``(backbones, frames, kinds, 3)``, kinds in the order of ``kinds``
+        ``head`` of shape ``(slots, frames, kinds, heads, 6)`` (the heads of
+        ``probe.heads(slot, fit)`` but the control: each ``l``, then the null heads) and
+        ``control`` of shape ``(slots, frames, kinds, 3)``, kinds in the order of ``kinds``;
+        ``slots``: the probe model's ``(backbone, tap)`` of every set of heads
     """
     num_frames = AtomicDataDict.num_frames(data)
     positions = data[AtomicDataDict.POSITIONS_KEY]
@@ -28,10 +29,10 @@ def batch_frame_sums(outputs, data, probe: SpectralProbeConfig, num_backbones: i
     }
 
     heads, controls = [], []
-    for b in range(num_backbones):
+    for slot in slots:
         head_b, control_b = [], []
         for kind in kinds:
-            *heads_b, control_head = probe.heads(b, SPECTRUM_FIT[kind])
+            *heads_b, control_head = probe.heads(slot, SPECTRUM_FIT[kind])
             control_output = outputs[control_head.output_key(kind)].detach()
             if probe.target == "injected":  # yhat_none = 0, so G_none = 0
                 control_output = torch.zeros_like(control_output)

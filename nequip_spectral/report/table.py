@@ -44,6 +44,32 @@ FLOOR_NOTES = {  # (~ is in the key)
 }
 
 
+def layer_lines(report: dict) -> list[str]:
+    """With several taps: each tap's ``rec`` per ``l`` (both spectra), marked against the
+    tap's own null floor, ``|`` after its own ceiling, and its cliff."""
+    layers = report.get("layers")
+    if not layers:
+        return []
+    ls = list(report["per_l"])
+    width = max(len(layer["tap"]) for layer in layers)
+    lines = ["per layer (each tap's own heads; the rows above: the last tap's): rec, ~ in its "
+             "null floor, | after its d_r L"]  # fmt: skip
+    for kind in report["spectra"]:
+        lines.append(f"  {'rec_' + kind[0].upper():<{width}}  L" + "".join(
+            f"{'l=' + l:>9}" for l in ls) + "    cliff")  # fmt: skip
+        for layer in layers:
+            tapped = layer["report"]
+            cells = "".join(
+                f"{number(row.get(f'rho_recovered_{kind}'), 8)}{floor_mark(tapped, row, kind)}"
+                + ("|" if int(l) == tapped["boundary"] else " ")
+                for l, row in tapped["per_l"].items()
+            )
+            ratio = tapped["cliff"].get("ratio")
+            cliff = "n/a" if ratio is None else f"{ratio:.1f}"
+            lines.append(f"  {layer['tap']:<{width}} {tapped['L']:>2}{cells} {cliff:>7}")
+    return lines
+
+
 def format_table(report: dict) -> str:
     """The per-``l`` table printed at the end of test."""
     lines = [
@@ -144,7 +170,7 @@ def format_table(report: dict) -> str:
             f"(block length {bootstrap['block_length_chosen_by']}; lag-1 autocorrelation of "
             f"the per-frame Delta {cell(bootstrap['lag1_autocorrelation'])})"
         )
-    lines += KEY
+    lines += layer_lines(report) + list(KEY)
     return "\n".join(
         textwrap.fill(line, WIDTH, subsequent_indent="    ", break_on_hyphens=False)
         if len(line) > WIDTH else line for line in lines

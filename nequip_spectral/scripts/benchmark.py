@@ -92,6 +92,7 @@ class Setup(NamedTuple):
     device: str
     jvp: str  # auto | loop | batched
     backbone: str  # example, or a NequIP preset: S, M, L, XL
+    feature_tap: str = "auto"  # or layers
 
 
 def _backbone(backbone: str, type_names=TYPE_NAMES):
@@ -124,7 +125,7 @@ def _probe(l_values, force_spectrum, solver, setup, directions="auto", alloy=Fal
         probe.update(ALLOY_PROBE)
     with torch_default_dtype(torch.float32):
         torch.manual_seed(0)
-        backbone = freeze_and_tap(_backbone(setup.backbone, type_names))
+        backbone = freeze_and_tap(_backbone(setup.backbone, type_names), setup.feature_tap)
         model = SpectralProbeModel([backbone], probe, type_names)
     model.batched_jvp = {"auto": None, "loop": False, "batched": True}[setup.jvp]
     return model, probe
@@ -225,7 +226,8 @@ def _closed_form(l_values, force_spectrum, directions, batches, warmup, setup, q
     solve = clock() - begin
     peak = _peak_mb(start_rss, device)
     queue.put({"per_frame": seconds / frames, "solve": solve, "peak_mb": peak,
-               "features": model.num_features})  # fmt: skip
+               "features": model.num_features(),
+               "features_per_tap": [model.num_features(t) for t in range(model.num_taps)]})
 
 
 def main(argv=None) -> None:
@@ -245,6 +247,12 @@ def main(argv=None) -> None:
     parser.add_argument("--presets", nargs="+", choices=["example", "S", "M", "L", "XL"],
                         help="instead: the closed form's cost on each of these backbones, "
                         "both spectra and the energy spectrum, l 0..7 (no sgd)")  # fmt: skip
+    parser.add_argument("--layers", action="store_true",
+                        help="instead: the closed form on every layer (feature_tap: layers) "
+                        "against the last layer alone (auto), on --backbone")  # fmt: skip
+    parser.add_argument("--energy-only", action="store_true",
+                        help="with --layers: the energy spectrum alone (a preset's force "
+                        "spectrum solves for tens of minutes a tap on a CPU)")  # fmt: skip
     parser.add_argument("--jvp", choices=["auto", "loop", "batched"], default="auto",
                         help="Jacobian-vector products one direction at a time (loop), in vmapped "
                         "chunks (batched), or by device (auto: loop on the CPU; default)")
@@ -281,6 +289,9 @@ def main(argv=None) -> None:
         return
     if args.presets:
         _presets(args, batches, warmup, in_child)
+        return
+    if args.layers:
+        _layers(args, batches, warmup, in_child)
         return
     backbone = steps("backbone", few, True)
     epoch = backbone["first"] * EPOCH_FRAMES / args.batch_size  # seconds, the unit
@@ -348,6 +359,30 @@ def _presets(args, batches, warmup, in_child) -> None:
               f"{1000 * both['per_frame']:>13.0f} {both['solve']:>8.1f} {both_epochs:>7.2f} "
               f"{1000 * energy['per_frame']:>11.1f} {energy['solve']:>8.1f} {energy_epochs:>7.2f} "
               f"{peak:>8.0f}")  # fmt: skip
+
+
+def _layers(args, batches, warmup, in_child) -> None:
+    """``--layers``: the closed form's pass and solve (l 0..7, at full size) with every layer
+    tapped against the last alone, for the energy spectrum and for both spectra."""
+    print(f"{args.device}, jvp {args.jvp}, backbone {args.backbone}: {args.batch_size} frames "
+          f"a batch, {args.steps} timed batches, {args.threads} thread(s); closed form, l 0..7, "
+          f"{EPOCH_FRAMES} + {VALIDATION_FRAMES} fitting frames")  # fmt: skip
+    print(f"{'spectra':>8} {'feature_tap':>11} {'features a head':>22} {'ms/frame':>9} "
+          f"{'solve s':>8} {'total s':>8} {'peak MB':>8}")  # fmt: skip
+    spectra = ((False, "E", 1.5), (True, "E+F", 2.0))
+    for forces, label, target in spectra[: 1 if args.energy_only else 2]:
+        totals = {}
+        for tap in ("auto", "layers"):
+            setup = Setup(args.threads, args.device, args.jvp, args.backbone, tap)
+            result = in_child(_closed_form, list(range(8)), forces, "auto", batches, warmup,
+                              setup)  # fmt: skip
+            frames = EPOCH_FRAMES + VALIDATION_FRAMES
+            totals[tap] = result["per_frame"] * frames + result["solve"]
+            features = " + ".join(map(str, result["features_per_tap"]))
+            print(f"{label:>8} {tap:>11} {features:>22} {1000 * result['per_frame']:>9.1f} "
+                  f"{result['solve']:>8.1f} {totals[tap]:>8.1f} {result['peak_mb']:>8.0f}")
+        print(f"  every layer against the last alone ({label}), <= {target}x: "
+              f"{totals['layers'] / totals['auto']:.2f}x")
 
 
 def _cells(args, setup, in_child) -> None:

@@ -5,7 +5,8 @@ of each run side by side (per ``l``: ``rec`` of forces and energies, marked agai
 null floor as in the run's own table, and ``R2_inj``; then each run's null floor) and writes
 into ``--output`` one table, ``spectral_compare.csv`` (a row per ``l``: rec with its interval,
 R2_inj and rho of forces and energies per run), and one overlay plot,
-``spectral_compare.png``, with each run's ceiling ``d_r L`` marked.
+``spectral_compare.png``, with each run's ceiling ``d_r L`` marked. A run of several taps
+(``feature_tap: layers``) stands as one run per tap, labelled ``RUN:TAP``.
 """
 
 import csv
@@ -31,6 +32,15 @@ def load_reports(run_dirs) -> list[dict]:
             raise FileNotFoundError(f"{path} not found: is {run_dir} a probe run directory?")
         reports.append(json.loads(path.read_text()))
     return reports
+
+
+def every_tap(reports: list[dict], labels: list[str]) -> tuple[list[dict], list[str]]:
+    """The runs with each run of several taps replaced by one per tap (``label:tap``)."""
+    expanded = [[(layer["report"], f"{label}:{layer['tap']}") for layer in report["layers"]]
+                if "layers" in report else [(report, label)]
+                for report, label in zip(reports, labels, strict=True)]  # fmt: skip
+    pairs = [pair for run in expanded for pair in run]
+    return [report for report, _ in pairs], [label for _, label in pairs]
 
 
 def probed_l(reports: list[dict]) -> list[int]:
@@ -155,6 +165,7 @@ def main(argv=None) -> None:
         reports = load_reports(args.run_dirs)
     except FileNotFoundError as error:
         parser.error(str(error))
+    reports, labels = every_tap(reports, labels)
     args.output.mkdir(parents=True, exist_ok=True)
     header, rows = comparison_rows(reports, labels)
     with open(args.output / FILES[0], "w", newline="") as f:

@@ -30,15 +30,16 @@ from ..theory.ridge import ALPHAS, LeastSquaresData, solve_ridge
 
 
 def empty_folds(probe_model) -> dict:
-    """``{fit: [[LeastSquaresData of each fold] of each backbone]}``, nothing added yet."""
+    """``{fit: [[LeastSquaresData of each fold] of each slot]}``, nothing added yet (a slot:
+    a backbone's tap)."""
     return {
         fit: [
             [
-                LeastSquaresData.empty(probe_model.num_features, probe_model.num_types,
+                LeastSquaresData.empty(probe_model.num_features(s), probe_model.num_types,
                                        probe_model.num_heads, with_forces=fit == FORCE_FIT)
                 for _ in range(probe_model.probe.ridge_folds)
             ]
-            for _ in probe_model.backbones
+            for s in range(len(probe_model.slots))
         ]
         for fit in probe_model.fits
     }  # fmt: skip
@@ -47,12 +48,12 @@ def empty_folds(probe_model) -> dict:
 def add_least_squares(probe_model, data, systems, folds: torch.Tensor) -> None:
     """Add a batch's rows (the probe's
     :meth:`~nequip_spectral.nn.SpectralProbeModel.least_squares_rows`) to every backbone's
-    least-squares data, each frame's to its fold.
+    least-squares data (of each of its taps), each frame's to its fold.
 
     Args:
         probe_model: the :class:`~nequip_spectral.nn.SpectralProbeModel`
         data: a batch
-        systems: ``{fit: [[LeastSquaresData of each fold] of each backbone]}``
+        systems: ``{fit: [[LeastSquaresData of each fold] of each slot]}``
         folds: ``(frames,)`` each frame's fold; ``-1``: left out
     """
     present = [(fold, folds == fold) for fold in folds.unique().tolist() if fold >= 0]
@@ -102,7 +103,7 @@ def _batches(datasets, batch_size: int, device, num_folds: int):
 
 
 def collect(probe_model, datasets, batch_size: int, device) -> dict:
-    """``{fit: [[LeastSquaresData of each fold] of each backbone]}`` of the frames of
+    """``{fit: [[LeastSquaresData of each fold] of each slot]}`` of the frames of
     ``datasets``, in ``ridge_folds`` folds of consecutive frames."""
     num_folds = probe_model.probe.ridge_folds
     systems = empty_folds(probe_model)
@@ -123,7 +124,7 @@ def solve_heads(probe_model, folds, energy_coeff, forces_coeff, alphas=ALPHAS):
 
     Returns:
         ``{"e": [{"alpha": [...], "at_edge": [...], "folds_helped": [...]} of each
-        backbone], "f": ...}``
+        slot], "f": ...}``
     """
     loss_weights = {FORCE_FIT: (energy_coeff, forces_coeff)}  # the energy spectrum: energies alone
     # the control head (last) fits the common target; every other head its own target minus
@@ -137,13 +138,14 @@ def solve_heads(probe_model, folds, energy_coeff, forces_coeff, alphas=ALPHAS):
     chosen = {}
     for fit in probe_model.fits:
         chosen[fit] = []
-        for b in range(len(probe_model.backbones)):
-            intercept = torch.tensor([head.intercept for head in probe_model.probe.heads(b, fit)])
+        for s, slot in enumerate(probe_model.slots):
+            heads = probe_model.probe.heads(slot, fit)
+            intercept = torch.tensor([head.intercept for head in heads])
             solution = {}  # weights, intercepts, alpha, at_edge, folds_helped: (..., heads)
             for group in (intercept, ~intercept):  # two designs: with and without intercepts
                 if group.any():
                     part = solve_ridge(
-                        [fold.with_targets(relative[:, group]) for fold in folds[fit][b]],
+                        [fold.with_targets(relative[:, group]) for fold in folds[fit][s]],
                         *loss_weights.get(fit, (1.0, 0.0)),
                         alphas,
                         intercept=bool(intercept[group][0]),
@@ -154,7 +156,7 @@ def solve_heads(probe_model, folds, energy_coeff, forces_coeff, alphas=ALPHAS):
                                                                           num_heads))  # fmt: skip
                         whole[..., group] = value
             weights, intercepts = (solution[key] @ add_control for key in ("weights", "intercepts"))
-            probe_model.load_solution(fit, b, weights, intercepts, solution["alpha"])
+            probe_model.load_solution(fit, s, weights, intercepts, solution["alpha"])
             chosen[fit].append({name: solution[name].tolist()
                                 for name in ("alpha", "at_edge", "folds_helped")})  # fmt: skip
     return chosen
@@ -202,8 +204,8 @@ class ClosedFormFit:
             self.systems, self.loaded = stored["folds"], True
             print(f"closed form: the collected normal equations read from {saved}", flush=True)
 
-    def folds_of(self, data) -> torch.Tensor:
-        """``(frames,)`` each frame's fold, found by its identity."""
+    def folds_of(self, ids: list[int]) -> torch.Tensor:
+        """``(frames,)`` the fold of each frame of identity ``ids`` (``batch_frame_ids``)."""
         if self._fold_of is None:
             self._fold_of = {
                 frame_id(dataset[i]): int(fold)
@@ -211,7 +213,6 @@ class ClosedFormFit:
                                           self.model.probe.ridge_folds), strict=True)
                 for i, fold in enumerate(folds.tolist())
             }  # fmt: skip
-        ids = batch_frame_ids(data).tolist()
         unknown = [i for i in ids if i not in self._fold_of]
         if unknown:
             raise SpectralProbeError(
@@ -227,12 +228,13 @@ class ClosedFormFit:
         sampler's padding, is left out (on every rank but the first that had it)."""
         if self.loaded:
             return
-        folds = self.folds_of(data) if folds is None else folds.cpu()
+        ids = batch_frame_ids(data).tolist()  # (computed once a batch)
+        folds = self.folds_of(ids) if folds is None else folds.cpu()
         if across_ranks:
             rank, _ = rank_and_world()
             new = []
-            for r, ids in enumerate(every_rank(batch_frame_ids(data).tolist())):
-                for i in ids:
+            for r, rank_ids in enumerate(every_rank(ids)):
+                for i in rank_ids:
                     if r == rank:
                         new.append(i not in self._seen)
                     self._seen.add(i)
@@ -323,23 +325,31 @@ def describe_solution(result: dict, probe_model) -> str:
         f"{result['seconds_collect']:.1f} s, solved in {result['seconds_solve']:.1f} s"
     ]
     folds = result["folds"]
-    for fit, per_backbone in result["heads"].items():
-        for b, chosen in enumerate(per_backbone):
+    for fit, per_slot in result["heads"].items():
+        for slot, chosen in zip(probe_model.slots, per_slot, strict=True):
+            heads = probe_model.probe.heads(slot, fit)
             alphas = ", ".join(f"{head.name}={alpha:.0e}" for head, alpha in
-                               zip(probe_model.probe.heads(b, fit), chosen["alpha"], strict=True))
+                               zip(heads, chosen["alpha"], strict=True))
             edge = " (some at the grid's edge)" if any(chosen["at_edge"]) else ""
             lines.append(textwrap.fill(
-                f"  backbone {b}, ridge strengths chosen by {folds}-fold cross-validation on "
-                f"consecutive frames{edge} (inf: no feature weight): {alphas}", 100,
+                f"  backbone {slot[0]}{_at(probe_model, slot)}, ridge strengths chosen by "
+                f"{folds}-fold cross-validation on consecutive frames{edge} (inf: no feature "
+                f"weight): {alphas}", 100,
                 subsequent_indent="    "))  # fmt: skip
             almost = [  # probed l up to d_r L (not the null heads, not the control)
                 head.name
-                for head, alpha, helped in zip(probe_model.probe.heads(b, fit), chosen["alpha"],
-                                               chosen["folds_helped"], strict=True)
-                if head.role == PROBE and head.l <= probe_model.ceiling and math.isinf(alpha)
+                for head, alpha, helped in zip(heads, chosen["alpha"], chosen["folds_helped"],
+                                               strict=True)
+                if head.role == PROBE and head.l <= probe_model.ceilings[slot[1] or 0]
+                and math.isinf(alpha)
                 and helped == folds - 1
             ]  # fmt: skip
             if almost:
                 lines.append(f"    at or below the ceiling, no feature weight (reads 0) though it "
                              f"helped on {folds - 1} of {folds} folds: {' '.join(almost)}")
     return "\n".join(lines)
+
+
+def _at(probe_model, slot) -> str:
+    """`` at layer2_convnet``: a slot's tap, where a backbone has several."""
+    return "" if slot[1] is None else f" at {probe_model.backbones[slot[0]].taps[slot[1]]}"

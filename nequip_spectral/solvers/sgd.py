@@ -20,7 +20,7 @@ class BestHeads:
 
     def __init__(self, probe_model, coeffs: dict, prefix: str):
         self.model, self.coeffs, self.prefix = probe_model, coeffs, prefix
-        self.best = {}  # (fit, backbone, head index) -> (loss, the head's weights)
+        self.best = {}  # (fit, slot, head index) -> (loss, the head's weights)
 
     def head_loss(self, metrics, head) -> float | None:
         """The head's weighted validation loss from the epoch's ``metrics`` (name -> value)."""
@@ -35,12 +35,12 @@ class BestHeads:
     def update(self, metrics) -> None:
         """Keep every head whose validation loss this epoch is its lowest so far."""
         for fit in self.model.fits:
-            for b in range(len(self.model.backbones)):
-                for h, head in enumerate(self.model.probe.heads(b, fit)):
-                    loss, key = self.head_loss(metrics, head), (fit, b, h)
+            for s, slot in enumerate(self.model.slots):
+                for h, head in enumerate(self.model.probe.heads(slot, fit)):
+                    loss, key = self.head_loss(metrics, head), (fit, s, h)
                     if loss is None or (key in self.best and self.best[key][0] <= loss):
                         continue
-                    self.best[key] = (loss, self.model.head_state(fit, b, h))
+                    self.best[key] = (loss, self.model.head_state(fit, s, h))
 
     @contextlib.contextmanager
     def applied(self):
@@ -55,7 +55,7 @@ class BestHeads:
                 self.model.load_head_state(*key, state)
 
     def state_dict(self) -> list:
-        """The best epochs so far, for a checkpoint: ``[(fit, backbone, head), loss, weights]``."""
+        """The best epochs so far, for a checkpoint: ``[(fit, slot, head), loss, weights]``."""
         return [[list(key), loss, state] for key, (loss, state) in self.best.items()]
 
     def load_state_dict(self, state: list) -> None:

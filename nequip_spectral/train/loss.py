@@ -54,9 +54,9 @@ def SpectralProbeLoss(
     ``spectral_probe.force_spectrum``) to energies and forces, weighted by ``energy_coeff``
     and ``forces_coeff`` (the closed-form solve is given the same weights). Entries
     are named ``b{backbone}_{head}_{kind}_mse`` (e.g. ``b0_f_l4_forces_mse``,
-    ``b0_e_none_per_atom_energy_mse``). As in NequIP's ``EnergyForceLoss``, energies are per
-    atom by default (per-frame energy errors would outweigh force errors by the square of the
-    atom count).
+    ``b0_e_none_per_atom_energy_mse``; with several taps ``b0_t1_f_l4_forces_mse``). As in
+    NequIP's ``EnergyForceLoss``, energies are per atom by default (per-frame energy errors
+    would outweigh force errors by the square of the atom count).
 
     .. code-block:: yaml
 
@@ -79,12 +79,12 @@ def SpectralProbeLoss(
     if probe.force_spectrum:
         coeffs.update({(FORCE_FIT, "energy"): energy_coeff, (FORCE_FIT, "forces"): forces_coeff})
     metrics = []
-    for backbone in range(len(probe.backbones)):
+    for backbone, tap in probe.slots():
         for l, role in probe.head_roles:
             for (fit, kind), coeff in coeffs.items():
                 if coeff == 0:
                     continue
-                field = SpectralHeadField(Head(backbone, fit, l, role), kind, probe.target,
+                field = SpectralHeadField(Head(backbone, fit, l, role, tap), kind, probe.target,
                                           per_atom_energy)  # fmt: skip
                 metrics.append(
                     {"name": f"{field}_mse", "field": field, "coeff": coeff,

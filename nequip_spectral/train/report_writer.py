@@ -169,10 +169,10 @@ class SpectralReportWriter(lightning.Callback):
 
     def on_test_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0):
         output = outputs[f"test_{dataloader_idx}_output"]
-        kinds = probe_of(pl_module).kinds
+        probe_model = probe_of(pl_module)
         with torch.no_grad():
             head, control = batch_frame_sums(
-                output, batch, self.probe, len(self.probe.backbones), kinds
+                output, batch, self.probe, probe_model.slots, probe_model.kinds
             )
         atoms = batch[AtomicDataDict.NUM_NODES_KEY].view(-1).cpu()
         self._batches.append((head, control, batch_frame_ids(batch), atoms))
@@ -185,16 +185,7 @@ class SpectralReportWriter(lightning.Callback):
         atoms = gather_frames(torch.cat(atoms), dim=0).tolist()
         if trainer.global_rank != 0:
             return
-        probe_model = probe_of(pl_module)
-        context = {
-            "probe": dataclasses.asdict(self.probe),
-            "L": probe_model.backbones[0].irreps.lmax,
-            "kinds": probe_model.kinds,
-            "head_parameters": probe_model.parameters_per_head,
-            "solver": _solver_summary(probe_model, atoms),
-            "n_bootstrap": self.n_bootstrap,
-            "block_length": self.block_length,
-        }
+        context = report_context(probe_of(pl_module), atoms, self.n_bootstrap, self.block_length)
         frames = FrameSums.from_test(
             head.numpy(), control.numpy(), ids.numpy(), self._sources, context
         )
@@ -212,17 +203,39 @@ class SpectralReportWriter(lightning.Callback):
                   f"{self.output_dir}", flush=True)  # fmt: skip
 
 
-def _solver_summary(probe_model, atoms: list[int]) -> dict:
-    """For the report: the closed-form heads' feature count, how their ridge strengths were
-    chosen and which, and the force rows a test frame (of ``atoms`` atoms) gets."""
+def report_context(probe_model, atoms: list[int], n_bootstrap: int, block_length) -> dict:
+    """What the report needs besides the per-frame sums (``FrameSums.context``), for test
+    frames of ``atoms`` atoms."""
+    backbone = probe_model.backbones[0]
+    taps = [
+        {"name": name, "L": irreps.lmax, "solver": _solver_summary(probe_model, atoms, t)}
+        for t, (name, irreps) in enumerate(zip(backbone.taps, backbone.tap_irreps, strict=True))
+    ]
+    return {
+        "probe": dataclasses.asdict(probe_model.probe),
+        "L": taps[-1]["L"],
+        "kinds": probe_model.kinds,
+        "head_parameters": probe_model.parameters_per_head,
+        "solver": taps[-1]["solver"],
+        "taps": taps,
+        "n_bootstrap": n_bootstrap,
+        "block_length": block_length,
+    }
+
+
+def _solver_summary(probe_model, atoms: list[int], tap: int) -> dict:
+    """For the report: tap ``tap``'s closed-form heads' feature count, how their ridge
+    strengths were chosen and which, and the force rows a test frame (of ``atoms`` atoms)
+    gets."""
     summary = {}
     if probe_model.probe.solver == "closed_form":
-        summary["features"] = probe_model.num_features
-        summary["mixed_irreps"] = probe_model.mixed_irreps
+        summary["features"] = probe_model.num_features(tap)
+        summary["mixed_irreps"] = probe_model.mixed_irreps(tap)
         summary["ridge_folds"] = probe_model.probe.ridge_folds
         for fit in probe_model.fits:  # null: infinite (the head has no feature weight)
+            per_slot = probe_model.ridge_strengths(fit)[tap :: probe_model.num_taps]
             summary[f"alpha_{fit}"] = [[a if math.isfinite(a) else None for a in alphas]
-                                       for alphas in probe_model.ridge_strengths(fit)]  # fmt: skip
+                                       for alphas in per_slot]  # fmt: skip
     if summary and probe_model.with_forces:
         rows = [probe_model.probe.force_rows(n) for n in atoms]
         summary["force_rows"] = {

@@ -63,7 +63,7 @@ def test_a_backbone_trained_on_a_gpu_is_probed_on_the_cpu(tiny_backbone, aspirin
         model_type_names=names, chemical_species_to_atom_type_map={s: s for s in names}
     )
     frames = frames_from_ase(aspirin_atoms[:2], [types, NeighborListTransform(r_max=5.0)])
-    energy = backbone.energy(backbone.tap(AtomicDataDict.batched_from_list(frames)))
+    energy = backbone.energy(backbone.tap(AtomicDataDict.batched_from_list(frames))[0])
     assert energy.device.type == "cpu" and torch.isfinite(energy).all()
 
 

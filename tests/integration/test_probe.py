@@ -142,7 +142,9 @@ def architecture(request):
     name = {"nequip": "tiny_backbone", "allegro": "tiny_allegro", "preset": "tiny_preset"}
     files = request.getfixturevalue(name[request.param])
     preset = request.param == "preset"  # (S: l_max 1)
-    return {**files, "probed": files["package" if preset else "ckpt"], "L": 1 if preset else 2}
+    layers = 2 if request.param == "allegro" else 1  # (two layers: NequIP's first reads scalars)
+    return {**files, "probed": files["package" if preset else "ckpt"], "L": 1 if preset else 2,
+            "layers": layers}  # fmt: skip
 
 
 @pytest.fixture(scope="module")
@@ -152,28 +154,33 @@ def any_probe(architecture):
 
 
 class TappedFeatures(torch.nn.Module):
-    """A backbone's tapped features as a module NequIP's equivariance harness can test."""
+    """A backbone's tapped features (every tap's, side by side) as a module NequIP's
+    equivariance harness can test."""
 
     def __init__(self, backbone):
         super().__init__()
         self.backbone = backbone
         self.irreps_in = dict(backbone.before_tap[0].irreps_in)
-        self.irreps_out = {AtomicDataDict.NODE_FEATURES_KEY: backbone.irreps}
+        irreps = sum(backbone.tap_irreps, o3.Irreps())
+        self.irreps_out = {AtomicDataDict.NODE_FEATURES_KEY: irreps}
 
     def forward(self, data):
-        return {**data, AtomicDataDict.NODE_FEATURES_KEY: self.backbone.tap(dict(data))[
-            AtomicDataDict.NODE_FEATURES_KEY
-        ]}  # fmt: skip
+        features = torch.cat(self.backbone.tap(dict(data))[1], dim=-1)
+        return {**data, AtomicDataDict.NODE_FEATURES_KEY: features}
 
 
-def test_tapped_features_are_equivariant_of_degree_L(any_probe, architecture, aspirin_atoms):
+@pytest.mark.parametrize("feature_tap", ["auto", "layers"])
+def test_tapped_features_are_equivariant_of_degree_L(any_probe, architecture, aspirin_atoms,
+                                                     feature_tap):  # fmt: skip
     from nequip_spectral.nn.tap import load_frozen_backbone
 
-    backbone = load_frozen_backbone(any_probe["backbones"][0])
+    backbone = load_frozen_backbone(any_probe["backbones"][0], feature_tap)
     assert backbone.irreps.lmax == architecture["L"]
+    assert len(backbone.taps) == (1 if feature_tap == "auto" else architecture["layers"])
     data = aspirin_batch(aspirin_atoms[:1], any_probe)
     features = TappedFeatures(backbone)(dict(data))[AtomicDataDict.NODE_FEATURES_KEY]
-    assert features.shape == (21, backbone.irreps.dim) and features.abs().max() > 0
+    dim = sum(irreps.dim for irreps in backbone.tap_irreps)
+    assert features.shape == (21, dim) and features.abs().max() > 0
     assert_AtomicData_equivariant(TappedFeatures(backbone), data)
 
 
@@ -186,7 +193,7 @@ def test_heads_on_real_tapped_features_have_degree_dL(any_probe, architecture, a
     torch.manual_seed(3)
     backbone = load_frozen_backbone(any_probe["backbones"][0])
     data = aspirin_batch(aspirin_atoms[:1], any_probe)
-    atom = backbone.tap(dict(data))[AtomicDataDict.NODE_FEATURES_KEY][:1].detach()
+    atom = backbone.tap(dict(data))[1][-1][:1].detach()
     if solver == "sgd":
         head = SPNHeads(backbone.irreps, 1, 2, channels=3).to(atom.dtype)
     else:
@@ -264,9 +271,7 @@ def test_feature_derivatives_equal_finite_differences(any_probe, aspirin_atoms, 
     pos = data[AtomicDataDict.POSITIONS_KEY]
 
     def features_at(positions):
-        return backbone.tap({**data, AtomicDataDict.POSITIONS_KEY: positions})[
-            AtomicDataDict.NODE_FEATURES_KEY
-        ]
+        return backbone.tap({**data, AtomicDataDict.POSITIONS_KEY: positions})[1][-1]
 
     tangents = torch.randn(5, *pos.shape, generator=torch.Generator().manual_seed(0),
                            dtype=pos.dtype)  # fmt: skip
@@ -556,7 +561,8 @@ def test_probe_and_its_report_sums_run_on_cuda(probe, aspirin_atoms):
         model = build(setup).to("cuda").eval()
         batch = {k: v.to("cuda") for k, v in aspirin_batch(aspirin_atoms[:2], setup).items()}
         out = model(batch)
-        sums = batch_frame_sums(out, batch, model.model.probe, 1, ("forces", "energy"))
+        sums = batch_frame_sums(out, batch, model.model.probe, model.model.slots,
+                                ("forces", "energy"))
         assert all(t.device.type == "cpu" and torch.isfinite(t).all() for t in sums)
         assert all(t.device.type == "cpu" for t in model.model._cache._values.values())
         if solver == "closed_form":

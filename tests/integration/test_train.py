@@ -608,19 +608,31 @@ def test_an_rmd17_run_is_evaluated_on_its_own_frames_and_on_another_file(
     assert all(row["rho"] is not None for row in report["per_l"].values())
 
 
-def test_an_allegro_backbone_is_probed_and_evaluated_end_to_end(tiny_allegro, tiny_aspirin,
-                                                                tmp_path):  # fmt: skip
+def test_an_allegro_backbone_is_probed_layer_by_layer_and_evaluated_end_to_end(
+    tiny_allegro, tiny_aspirin, tmp_path
+):
+    """Every layer of Allegro's tensor track (two) from one run of its package: the report's
+    top level is the last layer's, each layer has its report (passing the schema), the table
+    shows them, the loggers get them, and evaluate rebuilds them."""
     run_dir = tmp_path / "allegro"
-    nequip_train("aspirin_probe.yaml", run_dir,
-                 *probe_overrides(tiny_allegro["package"], tiny_aspirin))  # fmt: skip
+    result = nequip_train("aspirin_probe.yaml", run_dir, "spectral_probe.feature_tap=layers",
+                          *probe_overrides(tiny_allegro["package"], tiny_aspirin))  # fmt: skip
     report = json.loads((run_dir / "spectral_report.json").read_text())
     assert report["L"] == 2 and report["boundary"] == 4
     assert report["solver"]["mixed_irreps"]  # the closed form's features of the tensor track
     assert all(row["rho"] is not None for row in report["per_l"].values())
+    taps = [layer["tap"] for layer in report["layers"]]
+    assert taps == ["allegro.tps.0", "allegro.tps.1"] and report_schema_errors(report) == []
+    assert {k: v for k, v in report.items() if k != "layers"} == report["layers"][-1]["report"]
+    assert all(f"  {tap}" in result.stdout for tap in taps), result.stdout[-3000:]
+    logged = (run_dir / "lightning_logs" / "version_0" / "metrics.csv").read_text()
+    assert "spectral/allegro.tps.0/rho_recovered_forces/l4" in logged
     output = tmp_path / "evaluated"
     subprocess.run(["nequip-spectral-evaluate", str(run_dir), "--output", str(output)], check=True)
     evaluated = json.loads((output / "spectral_report.json").read_text())
     assert evaluated["per_l"]["4"]["rho"] == pytest.approx(report["per_l"]["4"]["rho"], rel=1e-5)
+    first = evaluated["layers"][0]["report"]["per_l"]["4"]["rho"]
+    assert first == pytest.approx(report["layers"][0]["report"]["per_l"]["4"]["rho"], rel=1e-5)
 
 
 def test_the_controls_run_as_multiruns_of_the_probe_config(tiny_backbone, tiny_aspirin,

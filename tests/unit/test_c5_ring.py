@@ -84,7 +84,7 @@ def center_features(backbone, atoms) -> torch.Tensor:
     )(data)
     data = NeighborListTransform(r_max=5.0)(data)
     batch = AtomicDataDict.batched_from_list([data])
-    return backbone.tap(dict(batch))[AtomicDataDict.NODE_FEATURES_KEY].detach()
+    return backbone.tap(dict(batch))[1][-1].detach()  # the last (only) tap's features
 
 
 def test_the_centre_features_of_an_exact_ring_do_not_see_its_in_plane_orientation(

@@ -201,7 +201,8 @@ def stub_probe_model(probe, type_names):
     """A probe model on a stub backbone: enough for ``read()``, which reads no backbone."""
     first = types.SimpleNamespace(irreps_in={AtomicDataDict.POSITIONS_KEY: "1o"})
     backbone = FrozenBackbone(path="stub", model=torch.nn.Identity(), before_tap=(first,),
-                              from_tap=(), irreps=o3.Irreps("2x0e+2x1o"))  # fmt: skip
+                              from_tap=(), taps=("stub",),
+                              tap_irreps=(o3.Irreps("2x0e+2x1o"),))  # fmt: skip
     return SpectralProbeModel([backbone], probe, type_names)
 
 

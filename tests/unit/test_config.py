@@ -112,9 +112,9 @@ def test_the_closed_form_has_a_null_head_for_every_l_but_0():
     """``s_0`` is the same along every direction: a null head at ``l = 0`` would recover it."""
     closed = SpectralProbeConfig(backbones=("a.ckpt",), l_values=(0, 2, 5))
     names = ["f_l0", "f_l2", "f_l5", "f_null2", "f_null5", "f_none"]
-    assert [head.name for head in closed.heads(0, "f")] == names
+    assert [head.name for head in closed.heads((0, None), "f")] == names
     sgd = SpectralProbeConfig(backbones=("a.ckpt",), l_values=(0, 2, 5), solver="sgd")
-    assert [head.name for head in sgd.heads(1, "e")] == ["e_l0", "e_l2", "e_l5", "e_none"]
+    assert [head.name for head in sgd.heads((1, None), "e")] == ["e_l0", "e_l2", "e_l5", "e_none"]
 
 
 def test_auto_force_rows_are_every_component_for_small_frames_and_bounded_beyond():

@@ -53,7 +53,7 @@ def tiny_spectrum() -> dict:
     outputs = model(test)  # (the force heads' forces need grad)
     with torch.no_grad():
         head, control = batch_frame_sums(
-            outputs, test, SpectralProbeConfig.from_block(PROBE), 1, KINDS
+            outputs, test, SpectralProbeConfig.from_block(PROBE), model.slots, KINDS
         )
     totals = spectrum(head[0].sum(0).numpy(), control[0].sum(0).numpy())  # (kinds, heads)
     num_l = len(PROBE["l_values"])  # (the null heads come after)

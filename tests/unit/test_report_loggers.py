@@ -15,7 +15,7 @@ def test_each_heads_ridge_strength_is_logged_under_that_heads_name():
     per head and backbone; null, i.e. infinite, as inf), heads in the order the solver gives
     them (``probe.heads``: l = 0, 2, 3, their null heads null2, null3, the control)."""
     l_values = (0, 2, 3)
-    heads = [head.name for head in SpectralProbeConfig(l_values=l_values).heads(0, "e")]
+    heads = [head.name for head in SpectralProbeConfig(l_values=l_values).heads((0, None), "e")]
     assert heads == ["e_l0", "e_l2", "e_l3", "e_null2", "e_null3", "e_none"]  # solver's order
     readings = np.full((2, 5), 0.5)  # two backbones; heads l = 0, 2, 3, null2, null3
     report = build_report(as_frames(*known_readings(readings, readings), l_values, ("forces",)))

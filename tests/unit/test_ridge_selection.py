@@ -180,7 +180,7 @@ def test_the_solve_line_names_a_head_that_helped_on_all_folds_but_one():
     the solve is printed; above the ceiling, a null head or the control are not (noise helps
     on 4 of 5 folds often enough)."""
     probe = SpectralProbeConfig(l_values=(0, 2, 5), degree=2)  # heads l0 l2 l5 null2 null5 none
-    model = SimpleNamespace(probe=probe, ceiling=4)  # d_r L = 2 x 2
+    model = SimpleNamespace(probe=probe, ceilings=[4], slots=[(0, None)])  # d_r L = 2 x 2
     chosen = {"alpha": [0.1, np.inf, np.inf, np.inf, np.inf, np.inf], "at_edge": [False] * 6,
               "folds_helped": [5, 4, 4, 4, 4, 4]}  # fmt: skip
     result = {"heads": {"e": [chosen]}, "train_frames": 40, "val_frames": 10, "folds": 5,
