@@ -91,8 +91,12 @@ def _layer_map(ax, report: dict, kind: str) -> None:
     for row, layer in enumerate(layers):
         tapped = layer["report"]
         for column, l in enumerate(ls):
-            if floor_mark(tapped, tapped["per_l"][l], kind) == "~":
+            grey = floor_mark(tapped, tapped["per_l"][l], kind) == "~"
+            if grey:
                 ax.add_patch(Rectangle((column - 0.5, row - 0.5), 1, 1, color="lightgray"))
+            if np.isfinite(value := values[row, column]):
+                ax.text(column, row, f"{value:.2f}", ha="center", va="center", fontsize=8,
+                        color="black" if grey or value >= 0.5 else "white")  # fmt: skip
             if int(l) == tapped["boundary"]:
                 ax.plot([column + 0.5] * 2, [row - 0.5, row + 0.5], color="k", linewidth=3)
     ax.set_xticks(range(len(ls)), ls)
