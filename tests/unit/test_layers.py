@@ -168,3 +168,26 @@ def test_compare_and_the_loggers_read_every_tap(layers_report, tmp_path, capsys)
             value = row["rho_recovered_forces"]
             assert float(rows[l][f"run:{layer['tap']}:rho_recovered_forces"]) == value
             assert metrics[f"spectral/{layer['tap']}/rho_recovered_forces/l{l}"] == value
+
+
+def test_the_loss_trains_every_taps_heads_by_the_names_the_model_gives_them(backbone, frames):
+    """``sgd`` on a list of taps: the loss's entries are the model's outputs, one set per tap
+    (``b0_t1_f_l4_forces_mse``), and its gradient reaches the heads of every tap."""
+    from nequip.data import AtomicDataDict
+
+    from nequip_spectral.train import SpectralProbeLoss
+
+    probe = {**PROBE, "solver": "sgd", "feature_tap": list(TAPS)}
+    model = SpectralProbeModel([freeze_and_tap(backbone, list(TAPS))], probe, TYPE_NAMES)
+    loss = SpectralProbeLoss(probe, type_names=TYPE_NAMES)
+    batch = AtomicDataDict.batched_from_list(frames[:2])
+    out = model(batch)
+    fields = {entry.field.field for entry in loss.entries.values()}
+    assert fields <= set(out)
+    assert {name for name in loss.entries if "_t0_" in name} and {
+        name for name in loss.entries if "_t1_" in name}  # fmt: skip
+    loss(out, batch)["weighted_sum"].backward()
+    for fit, per_slot in model.heads.items():
+        for t, heads in enumerate(per_slot):
+            assert all(p.grad is not None and p.grad.abs().sum() > 0
+                       for p in heads.parameters()), (fit, t)  # fmt: skip
