@@ -11,6 +11,7 @@ distributed sampler repeated to even out the ranks is counted once.
 
 import dataclasses
 import json
+import weakref
 from collections import deque
 from pathlib import Path
 
@@ -30,6 +31,19 @@ def frame_id(frame: AtomicDataDict.Type) -> int:
         frame[AtomicDataDict.POSITIONS_KEY], frame[AtomicDataDict.ATOMIC_NUMBERS_KEY]
     )
     return int.from_bytes(digest, "little", signed=True)
+
+
+_DATASET_IDS = weakref.WeakKeyDictionary()  # dataset -> frame_id of each of its frames
+
+
+def dataset_frame_ids(dataset, ids: list[int] | None = None) -> list[int]:
+    """:func:`frame_id` of every frame of ``dataset``, each frame transformed once a process:
+    given ``ids`` (by a scan that loaded every frame anyway), they are kept for later calls."""
+    if ids is not None:
+        _DATASET_IDS[dataset] = list(ids)
+    if dataset not in _DATASET_IDS:
+        _DATASET_IDS[dataset] = [frame_id(dataset[i]) for i in range(len(dataset))]
+    return _DATASET_IDS[dataset]
 
 
 def batch_frame_ids(data: AtomicDataDict.Type) -> torch.Tensor:

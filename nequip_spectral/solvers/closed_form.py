@@ -25,7 +25,7 @@ from nequip.data import AtomicDataDict
 from .._distributed import every_rank, rank_and_world
 from ..config import SpectralProbeError
 from ..heads import FORCE_FIT, PROBE
-from ..report.frames import batch_frame_ids, frame_id, frame_origin
+from ..report.frames import batch_frame_ids, dataset_frame_ids, frame_origin
 from ..theory.ridge import ALPHAS, LeastSquaresData, solve_ridge
 
 
@@ -208,10 +208,10 @@ class ClosedFormFit:
         """``(frames,)`` the fold of each frame of identity ``ids`` (``batch_frame_ids``)."""
         if self._fold_of is None:
             self._fold_of = {
-                frame_id(dataset[i]): int(fold)
+                key: int(fold)
                 for dataset, folds in zip(self.datasets, fold_of_frames(self.datasets,
                                           self.model.probe.ridge_folds), strict=True)
-                for i, fold in enumerate(folds.tolist())
+                for key, fold in zip(dataset_frame_ids(dataset), folds.tolist(), strict=True)
             }  # fmt: skip
         unknown = [i for i in ids if i not in self._fold_of]
         if unknown:

@@ -17,7 +17,14 @@ from .._distributed import every_rank
 from .._nequip import probe_of
 from ..config import SpectralProbeConfig
 from ..report import REPORT_FILES, batch_frame_sums, build_report, format_table, write_report
-from ..report.frames import FRAMES_FILE, FrameSums, batch_frame_ids, frame_id, frame_source
+from ..report.frames import (
+    FRAMES_FILE,
+    FrameSums,
+    batch_frame_ids,
+    dataset_frame_ids,
+    frame_id,
+    frame_source,
+)
 from ..report.loggers import log_report
 
 # what Lightning says on every probe run that asks nothing of the user: the run directory
@@ -72,6 +79,7 @@ def check_frames(datasets, probe: SpectralProbeConfig) -> dict:
             )
     sources = defaultdict(list)
     for dataset in datasets:
+        ids = []
         for index in range(len(dataset)):
             source = frame_source(dataset, index)
             name = f"frame {source[1]} of {source[0] or 'the dataset'}"
@@ -82,7 +90,9 @@ def check_frames(datasets, probe: SpectralProbeConfig) -> dict:
             for key, why in needed.items():
                 if key not in frame:
                     raise ValueError(f"{name} has no '{key}': {why}")
-            sources[frame_id(frame)].append(source)
+            ids.append(frame_id(frame))
+            sources[ids[-1]].append(source)
+        dataset_frame_ids(dataset, ids)  # (the closed form's fold map reads them)
     return dict(sources)
 
 
