@@ -184,6 +184,28 @@ def test_tapped_features_are_equivariant_of_degree_L(any_probe, architecture, as
     assert_AtomicData_equivariant(TappedFeatures(backbone), data)
 
 
+def test_each_allegro_layer_from_one_pass_is_that_layer_tapped_alone(tiny_allegro, aspirin_atoms):
+    """``layers`` on Allegro: every layer's summed, normalised edge tensors from one forward
+    pass equal that layer's tapped as the only (last) tap.
+
+    Mutation tried: the earlier layers left without Allegro's ``avg_num_neighbors`` factor
+    (``norm * features`` -> ``features`` in ``AllegroTensorTap``): fails at layer 0."""
+    import dataclasses
+
+    from nequip_spectral.nn.tap import AllegroTensorTap, load_frozen_backbone
+
+    backbone = load_frozen_backbone(tiny_allegro["ckpt"], "layers")
+    allegro = backbone.before_tap[-1].allegro
+    data = aspirin_batch(aspirin_atoms[:2], {"l_values": [1]})
+    _, every = backbone.tap(dict(data))
+    assert len(every) == len(allegro.tps) == 2
+    for i, features in enumerate(every):
+        alone = dataclasses.replace(backbone, before_tap=(*backbone.before_tap[:-1],
+                                                          AllegroTensorTap(allegro, (i,))))
+        torch.testing.assert_close(features, alone.tap(dict(data))[1][-1], rtol=0, atol=1e-12)
+    assert not torch.allclose(every[0], every[1])
+
+
 @pytest.mark.parametrize("solver", ["sgd", "closed_form"])
 def test_heads_on_real_tapped_features_have_degree_dL(any_probe, architecture, aspirin_atoms,
                                                      solver):  # fmt: skip
