@@ -118,11 +118,10 @@ def format_table(report: dict) -> str:
         )  # fmt: skip
     if report.get("null_floor"):
         floor = report["null_floor"]
-        lines.append(
-            "null floor (95% of readings with nothing to recover, from the null heads): rec_F "
-            f"{interval(floor.get('rho_recovered_forces'))}, rec_E "
-            f"{interval(floor.get('rho_recovered_energy'))}"
-        )
+        spans = ", ".join(f"rec_{kind[0].upper()} {interval(floor[f'rho_recovered_{kind}'])}"
+                          for kind in report["spectra"])  # fmt: skip
+        lines.append(f"null floor (95% of readings with nothing to recover, from the null "
+                     f"heads): {spans}")  # fmt: skip
         checks = [f"rec_{kind[0].upper()} {check['below'] + check['above']} of "
                   f"{check['readings']}" for kind, check in report.get("floor_check", {}).items()
                   if "below" in check]  # fmt: skip

@@ -48,7 +48,10 @@ def test_the_floor_check_counts_the_readings_above_the_ceiling_outside_the_floor
     low, high = report["null_floor"]["rho_recovered_forces"]
     assert low > -0.3 and high < 0.4  # l = 5 below it, l = 7 above it, l = 6 inside
     assert report["floor_check"] == {"forces": {"readings": 3, "below": 1, "above": 1}}
-    assert "outside the null floor: rec_F 2 of 3" in format_table(report)
+    table = format_table(report)
+    assert "outside the null floor: rec_F 2 of 3" in table
+    floor_line = next(line for line in table.splitlines() if line.startswith("null floor"))
+    assert "rec_F [" in floor_line and "rec_E" not in floor_line  # (one spectrum measured)
 
 
 @pytest.mark.parametrize("L, degree", [(3, 2), (1, 3)])
