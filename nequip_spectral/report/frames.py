@@ -9,6 +9,7 @@ consecutive MD frames whatever the loader's (or the DDP ranks') order was; a fra
 distributed sampler repeated to even out the ranks is counted once.
 """
 
+import contextlib
 import dataclasses
 import json
 import weakref
@@ -38,12 +39,16 @@ _DATASET_IDS = weakref.WeakKeyDictionary()  # dataset -> frame_id of each of its
 
 def dataset_frame_ids(dataset, ids: list[int] | None = None) -> list[int]:
     """:func:`frame_id` of every frame of ``dataset``, each frame transformed once a process:
-    given ``ids`` (by a scan that loaded every frame anyway), they are kept for later calls."""
-    if ids is not None:
+    given ``ids`` (by a scan that loaded every frame anyway), they are kept for later calls.
+    (A dataset that cannot be weakly referenced, a plain list, is scanned at every call.)"""
+    if ids is None:
+        try:
+            return _DATASET_IDS[dataset]
+        except (KeyError, TypeError):  # not scanned yet, or not to be kept
+            ids = [frame_id(dataset[i]) for i in range(len(dataset))]
+    with contextlib.suppress(TypeError):
         _DATASET_IDS[dataset] = list(ids)
-    if dataset not in _DATASET_IDS:
-        _DATASET_IDS[dataset] = [frame_id(dataset[i]) for i in range(len(dataset))]
-    return _DATASET_IDS[dataset]
+    return list(ids)
 
 
 def batch_frame_ids(data: AtomicDataDict.Type) -> torch.Tensor:
