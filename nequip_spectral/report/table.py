@@ -2,6 +2,7 @@
 
 import textwrap
 
+from ..heads import KINDS
 from .build import backbone_name
 
 WIDTH = 120  # columns of the printed table
@@ -119,7 +120,7 @@ def format_table(report: dict) -> str:
     if report.get("null_floor"):
         floor = report["null_floor"]
         spans = ", ".join(f"rec_{kind[0].upper()} {interval(floor[f'rho_recovered_{kind}'])}"
-                          for kind in report["spectra"])  # fmt: skip
+                          for kind in KINDS if f"rho_recovered_{kind}" in floor)  # fmt: skip
         lines.append(f"null floor (95% of readings with nothing to recover, from the null "
                      f"heads): {spans}")  # fmt: skip
         checks = [f"rec_{kind[0].upper()} {check['below'] + check['above']} of "
