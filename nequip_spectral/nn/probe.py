@@ -204,7 +204,8 @@ class SpectralProbeModel(GraphModuleMixin, torch.nn.Module):
                 keys = [f"features{b}_{t}" for t in range(len(backbone.taps))]
                 features = [self._cache.get(frames, key, pos.device) for key in keys]
                 want_energy = self.with_backbone_prediction and energy is None
-                if features[0] is None or want_energy:
+                # (a full cache may hold some taps' features and not the others')
+                if any(tap_features is None for tap_features in features) or want_energy:
                     with torch.no_grad():
                         tapped, features = backbone.tap(dict(data))
                         for key, tap_features in zip(keys, features, strict=True):

@@ -191,3 +191,29 @@ def test_the_loss_trains_every_taps_heads_by_the_names_the_model_gives_them(back
         for t, heads in enumerate(per_slot):
             assert all(p.grad is not None and p.grad.abs().sum() > 0
                        for p in heads.parameters()), (fit, t)  # fmt: skip
+
+
+def test_the_energy_spectrum_recomputes_the_taps_a_full_cache_did_not_keep(backbone, frames):
+    """Without the force spectrum each tap's features are cached per frame; a cache that
+    fills up keeps some taps and not others, and the next pass must compute the missing ones
+    (the same outputs), not read a tap as absent.
+
+    Mutation tried: the cache read as complete when the first tap is there
+    (``any(... is None ...)`` -> ``features[0] is None``): fails (a head reads ``None``)."""
+    from nequip.data import AtomicDataDict
+
+    from nequip_spectral.nn.cache import FrameCache
+
+    model = SpectralProbeModel([freeze_and_tap(backbone, "layers")],
+                               {**PROBE, "feature_tap": "layers", "force_spectrum": False},
+                               TYPE_NAMES)  # fmt: skip
+    batch = AtomicDataDict.batched_from_list(frames[:2])
+    first_tap = model.backbones[0].tap(dict(batch))[1][0]
+    model._cache = FrameCache(max_bytes=first_tap.numel() * first_tap.element_size())
+    before = model(batch)
+    assert model.cache_bytes == model._cache.max_bytes  # the first tap kept, the second not
+    after = model(batch)
+    keys = [key for key in before if key.startswith("spn_energy_")]
+    assert any("_t1_" in key for key in keys)
+    for key in keys:
+        torch.testing.assert_close(after[key], before[key], rtol=0, atol=0)
