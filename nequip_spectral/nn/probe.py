@@ -235,13 +235,11 @@ class SpectralProbeModel(GraphModuleMixin, torch.nn.Module):
     def forward(self, data: AtomicDataDict.Type) -> AtomicDataDict.Type:
         batch = self.read(data, dtype=next(self.parameters()).dtype)
         out = dict(batch.data)
-        s = 0  # the slot: (backbone, tap), backbone-major
         for b, (taps, energy, forces) in enumerate(self.backbone_outputs(batch.data)):
             out.update(backbone_predictions(b, energy, forces))
-            for features in taps:
-                for fit in self.fits:
-                    out.update(self._head_outputs(s, fit, features, batch))
-                s += 1
+            for t, features in enumerate(taps):
+                for fit in self.fits:  # (slot b * len(taps) + t: backbone-major)
+                    out.update(self._head_outputs(b * len(taps) + t, fit, features, batch))
         return out
 
     def _head_outputs(self, s: int, fit: str, features, batch: "ProbeBatch") -> dict:

@@ -121,14 +121,15 @@ def freeze_and_tap(model, feature_tap="auto", path: str = "the backbone") -> Fro
     allegro = [i for i, module in enumerate(modules) if is_allegro_module(module)]
     if allegro and feature_tap in ("auto", LAYERS, names[allegro[-1]]):  # its tensor track
         index = allegro[-1]
-        layers = range(len(modules[index].tps)) if feature_tap == LAYERS else (-1,)
+        num_layers = len(modules[index].tps)
+        layers = range(num_layers) if feature_tap == LAYERS else (num_layers - 1,)
         tap = AllegroTensorTap(modules[index], layers)
         return FrozenBackbone(
             path=path,
             model=model,
             before_tap=(*modules[:index], tap),
             from_tap=tuple(modules[index + 1 :]),
-            taps=tuple(f"{names[index]}.tps.{i % len(tap.allegro.tps)}" for i in layers),
+            taps=tuple(f"{names[index]}.tps.{i}" for i in layers),
             tap_irreps=(tap.irreps,) * len(layers),
         )
     irreps = [_node_feature_irreps(module) for module in modules]
