@@ -230,6 +230,12 @@ def _closed_form(l_values, force_spectrum, directions, batches, warmup, setup, q
                "features_per_tap": [model.num_features(t) for t in range(model.num_taps)]})
 
 
+def _closed_form_seconds(result: dict) -> float:
+    """A closed-form run's whole cost from a :func:`_closed_form` child's timings: the pass over
+    the example's training and validation frames, then the solve."""
+    return result["per_frame"] * (EPOCH_FRAMES + VALIDATION_FRAMES) + result["solve"]
+
+
 def main(argv=None) -> None:
     parser = command_parser(__doc__)
     parser.add_argument("--batch-size", type=int, default=5, help="frames a batch (default: 5)")
@@ -305,7 +311,7 @@ def main(argv=None) -> None:
         runs = [(few, "auto"), (many, "auto")] + [(few, 16)] * forces  # (sketched: 16)
         for ls, directions in runs:
             result = closed(ls, forces, directions)
-            total = result["per_frame"] * (EPOCH_FRAMES + VALIDATION_FRAMES) + result["solve"]
+            total = _closed_form_seconds(result)
             sketch = f", {directions} directions" if directions != "auto" else ""
             name = f"closed form, l 0..{ls[-1]}, {label}{sketch}"
             rows.append((name, total, result["peak_mb"], result))
@@ -351,7 +357,7 @@ def _presets(args, batches, warmup, in_child) -> None:
         for forces in (True, False):
             result = in_child(_closed_form, list(range(8)), forces, "auto", batches, warmup,
                               setup)  # fmt: skip
-            total = result["per_frame"] * (EPOCH_FRAMES + VALIDATION_FRAMES) + result["solve"]
+            total = _closed_form_seconds(result)
             cells.append((result, total / epoch))
         (both, both_epochs), (energy, energy_epochs) = cells
         peak = max(train["peak_mb"], both["peak_mb"], energy["peak_mb"])
@@ -376,8 +382,7 @@ def _layers(args, batches, warmup, in_child) -> None:
             setup = Setup(args.threads, args.device, args.jvp, args.backbone, tap)
             result = in_child(_closed_form, list(range(8)), forces, "auto", batches, warmup,
                               setup)  # fmt: skip
-            frames = EPOCH_FRAMES + VALIDATION_FRAMES
-            totals[tap] = result["per_frame"] * frames + result["solve"]
+            totals[tap] = _closed_form_seconds(result)
             features = " + ".join(map(str, result["features_per_tap"]))
             print(f"{label:>8} {tap:>11} {features:>22} {1000 * result['per_frame']:>9.1f} "
                   f"{result['solve']:>8.1f} {totals[tap]:>8.1f} {result['peak_mb']:>8.0f}")
